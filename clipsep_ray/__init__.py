@@ -1,0 +1,1 @@
+"""clipsep_ray."""
