@@ -1,0 +1,1 @@
+"""Audio front end: STFT and warp, decoding/encoding, windows and overlap-add."""

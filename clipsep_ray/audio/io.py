@@ -1,0 +1,370 @@
+"""Decode, resample, encode and stream audio.
+
+Every reader returns mono float32 in [-1, 1]: shape ``(T,)``. Sources are local paths,
+fsspec URIs (``s3://``, ``file://``, ``memory://``, ...) or raw bytes. wav/flac/ogg/mp3
+go through soundfile; everything else (m4a/aac, the audio track of mp4/mkv/webm/mov/avi)
+and anything soundfile refuses goes through PyAV. Long files are read block by block
+(:class:`AudioReader`), so memory does not grow with the file's length.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import uuid
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+SUPPORTED_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
+SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
+_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+_WRITE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"),
+                  ".ogg": ("OGG", "VORBIS"), ".mp3": ("MP3", "MPEG_LAYER_III")}
+
+
+class AudioDecodeError(ValueError):
+    """A source could not be decoded; the message names the source and the reason."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"cannot decode audio from {source}: {reason}")
+        self.source, self.reason = source, reason
+
+
+def is_media_file(path) -> bool:
+    """True when ``path``'s extension is a supported audio or video container."""
+    ext = os.path.splitext(str(path))[1].lower()
+    return ext in SUPPORTED_AUDIO_EXTENSIONS or ext in SUPPORTED_VIDEO_EXTENSIONS
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _describe(source) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes in memory>"
+    return repr(os.fspath(source))
+
+
+def _to_mono_float(data: np.ndarray) -> np.ndarray:
+    """(T, C) any dtype -> (T,) float32, integer PCM scaled to [-1, 1]."""
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        data = (data.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    return data.mean(axis=1, dtype=np.float64).astype(np.float32) if data.shape[1] > 1 \
+        else np.ascontiguousarray(data[:, 0], dtype=np.float32)
+
+
+class AudioReader:
+    """Streaming decoder of one source. Use as a context manager.
+
+    Attributes: ``sample_rate`` (native rate), ``num_frames`` (samples per channel, or
+    None when the container does not say, as for some PyAV streams), ``channels``.
+    ``blocks(n)`` yields mono float32 ``(n,)`` arrays (the last may be shorter).
+    """
+
+    def __init__(self, source):
+        self.name = _describe(source)
+        self._file = None  # what we opened and must close
+        self._sf = self._av = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise AudioDecodeError(self.name, "empty file")
+            target, ext = io.BytesIO(bytes(source)), ""
+        else:
+            path = os.fspath(source)
+            ext = os.path.splitext(path)[1].lower()
+            if _is_uri(path):
+                import fsspec
+                fs, fpath = fsspec.core.url_to_fs(path)
+                if fs.size(fpath) == 0:
+                    raise AudioDecodeError(self.name, "empty file")
+                self._file = target = fs.open(fpath, "rb")
+            else:
+                if os.path.getsize(path) == 0:  # FileNotFoundError when missing
+                    raise AudioDecodeError(self.name, "empty file")
+                target = path
+        try:
+            self._open(target, ext)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, target, ext: str) -> None:
+        sf_error = None
+        if ext in _SOUNDFILE_EXTENSIONS or ext == "":
+            try:
+                self._sf = sf.SoundFile(target)
+                self.sample_rate, self.channels = self._sf.samplerate, self._sf.channels
+                self.num_frames = self._sf.frames if self._sf.frames > 0 else None
+                return
+            except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+                sf_error = e
+                if hasattr(target, "seek"):
+                    target.seek(0)
+        import av  # imported lazily: wav/flac users never pay for FFmpeg
+        try:
+            self._av = av.open(target, mode="r")
+        except (av.FFmpegError, OSError, ValueError) as e:
+            reason = f"{e}" + (f"; soundfile: {sf_error}" if sf_error else "")
+            raise AudioDecodeError(self.name, f"corrupt or unsupported: {reason}") from e
+        if not self._av.streams.audio:
+            raise AudioDecodeError(self.name, "no audio stream")
+        self._stream = self._av.streams.audio[0]
+        cc = self._stream.codec_context
+        self.sample_rate, self.channels = int(cc.sample_rate), int(cc.channels)
+        if not self.sample_rate:
+            raise AudioDecodeError(self.name, "corrupt or unsupported: audio stream has no sample rate")
+        self.num_frames = None
+        if self._stream.duration is not None and self._stream.time_base is not None:
+            self.num_frames = int(round(float(self._stream.duration * self._stream.time_base) * self.sample_rate))
+
+    def _raw_chunks(self) -> Iterator[np.ndarray]:
+        """Mono float32 chunks of whatever size the decoder produces."""
+        if self._sf is not None:
+            while True:
+                try:
+                    data = self._sf.read(65536, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise AudioDecodeError(self.name, f"corrupt or unsupported: {e}") from e
+                if len(data) == 0:
+                    return
+                yield _to_mono_float(data)
+            return
+        import av
+        try:
+            for frame in self._av.decode(self._stream):
+                arr = frame.to_ndarray()
+                nch = len(frame.layout.channels)
+                # packed formats come as (1, samples * channels), planar as (channels, samples)
+                arr = arr.reshape(-1, nch) if not frame.format.is_planar else arr.T
+                yield _to_mono_float(arr)
+        except av.FFmpegError as e:
+            raise AudioDecodeError(self.name, f"corrupt or unsupported: {e}") from e
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        """Yield mono float32 blocks of exactly ``block_frames`` samples (last one shorter)."""
+        if block_frames <= 0:
+            raise ValueError(f"block_frames must be positive, got {block_frames}")
+        pending: list[np.ndarray] = []
+        have = total = 0
+        for chunk in self._raw_chunks():
+            pending.append(chunk)
+            have += len(chunk)
+            while have >= block_frames:
+                buf = np.concatenate(pending)
+                yield buf[:block_frames]
+                total += block_frames
+                rest = buf[block_frames:]
+                pending, have = ([rest] if len(rest) else []), len(rest)
+        if have:
+            total += have
+            yield np.concatenate(pending)
+        if total == 0:
+            raise AudioDecodeError(self.name, "no audio samples (zero-length stream)")
+
+    def read(self) -> np.ndarray:
+        """Decode everything that is left: mono float32 ``(T,)``."""
+        return np.concatenate(list(self.blocks(1 << 20)))
+
+    def close(self) -> None:
+        for obj in (self._sf, self._av, self._file):
+            if obj is not None:
+                obj.close()
+        self._sf = self._av = self._file = None
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_audio(source, target_sr: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``source`` to mono float32 ``(T,)``; resample to ``target_sr`` if given.
+
+    Returns ``(wave, sample_rate)``. Raises :class:`AudioDecodeError` (naming the source)
+    for empty, corrupt or audio-less inputs, FileNotFoundError for missing local paths.
+    """
+    with AudioReader(source) as reader:
+        wave, sr = reader.read(), reader.sample_rate
+    if target_sr is not None and target_sr != sr:
+        wave, sr = resample(wave, sr, target_sr), int(target_sr)
+    return wave, sr
+
+
+def iter_audio_blocks(source, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """Stream ``source`` as mono float32 blocks of ``block_seconds`` at its native rate.
+
+    Use :class:`AudioReader` directly when the rate is needed before the first block.
+    """
+    with AudioReader(source) as reader:
+        yield from reader.blocks(max(1, int(round(block_seconds * reader.sample_rate))))
+
+
+def resample(wave, orig_sr: int, new_sr: int):
+    """Band-limited (windowed sinc) resampling along the last axis.
+
+    ``wave``: np.ndarray or Tensor ``(..., T)``; returns the same type, float. Output length
+    is ``ceil(T * new_sr / orig_sr)`` (torchaudio's convention). Identity when rates match.
+    """
+    if int(orig_sr) == int(new_sr):
+        return wave
+    if wave.shape[-1] == 0:  # torchaudio cannot reshape an empty signal
+        return wave[..., :0] if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)[..., :0]
+    if isinstance(wave, torch.Tensor):
+        return torchaudio.functional.resample(wave if wave.is_floating_point() else wave.float(), int(orig_sr), int(new_sr))
+    arr = np.asarray(wave)
+    arr = arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32)
+    return torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(arr)), int(orig_sr), int(new_sr)).numpy()
+
+
+class StreamingResampler:
+    """Resample a mono stream block by block; outputs concatenate to :func:`resample`'s.
+
+    The whole-signal resampler computes output group ``k`` (``new/g`` samples, g = gcd of
+    the rates) from input ``[k*o - w, k*o + o + w)``, o = orig/g, w = the sinc half-width.
+    We therefore resample spans starting at multiples of ``o`` with ``C >= w`` samples of
+    real context on both sides and drop the context's outputs; ``flush`` lets the right
+    edge be zero-padded exactly like the whole-signal call. Memory stays O(block + C).
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99):
+        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        g = math.gcd(self.orig_sr, self.new_sr)
+        self._o, self._n = self.orig_sr // g, self.new_sr // g
+        half_width = math.ceil(lowpass_filter_width * self._o / (min(self._o, self._n) * rolloff))
+        self._ctx = self._o * (half_width // self._o + 2)  # a multiple of o, with margin
+        self._resampler = torchaudio.transforms.Resample(
+            self.orig_sr, self.new_sr, lowpass_filter_width=lowpass_filter_width, rolloff=rolloff, dtype=torch.float32)
+        self._buf = np.zeros(0, np.float32)  # input from absolute index _buf_start
+        self._buf_start = 0
+        self._next = 0  # first input index (multiple of o) whose outputs are not emitted yet
+
+    def _run(self, stop: int) -> np.ndarray:
+        """Resample buffer[: stop - _buf_start] and keep outputs for input groups >= _next."""
+        seg = torch.from_numpy(np.ascontiguousarray(self._buf[: stop - self._buf_start]))
+        with torch.no_grad():
+            out = self._resampler(seg).numpy()
+        return out[(self._next - self._buf_start) // self._o * self._n:]
+
+    def push(self, block) -> np.ndarray:
+        """Add mono samples ``(t,)``; return the output samples that are now final."""
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        if self.orig_sr == self.new_sr:
+            return block.copy()
+        self._buf = np.concatenate([self._buf, block])
+        end = self._buf_start + len(self._buf)
+        stop_group = (end - self._ctx) // self._o * self._o  # last span end with full right context
+        if stop_group <= self._next:
+            return np.zeros(0, np.float32)
+        out = self._run(stop_group + self._ctx)[: (stop_group - self._next) // self._o * self._n]
+        self._next = stop_group
+        keep_from = max(0, stop_group - self._ctx)
+        self._buf = self._buf[keep_from - self._buf_start:]
+        self._buf_start = keep_from
+        return out
+
+    def flush(self) -> np.ndarray:
+        """Emit the rest (the signal's end is zero-padded, as in the whole-signal call)."""
+        if self.orig_sr == self.new_sr:
+            return np.zeros(0, np.float32)
+        end = self._buf_start + len(self._buf)
+        out = self._run(end) if end > self._next else np.zeros(0, np.float32)
+        self._buf, self._buf_start, self._next = np.zeros(0, np.float32), 0, 0
+        return out
+
+
+def _format_for(dest: str, format: str | None, subtype: str | None) -> tuple[str, str]:
+    ext = "." + format.lower().lstrip(".") if format else os.path.splitext(dest)[1].lower()
+    if ext not in _WRITE_FORMATS:
+        raise ValueError(f"cannot write {dest!r}: unsupported format {ext or '(no extension)'!r}; "
+                         f"use one of {sorted(_WRITE_FORMATS)}")
+    fmt, default_subtype = _WRITE_FORMATS[ext]
+    return fmt, (subtype or default_subtype)
+
+
+def _prepare(wave, subtype: str) -> np.ndarray:
+    """(T,) or (C, T) -> soundfile's (T, C); clipped unless the subtype is float."""
+    arr = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave, dtype=np.float32)
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"audio must be (T,) or (C, T), got shape {arr.shape}")
+    arr = arr if arr.ndim == 1 else arr.T
+    return arr if subtype in ("FLOAT", "DOUBLE") else np.clip(arr, -1.0, 1.0)
+
+
+class StreamingAudioWriter:
+    """Write audio block by block to ``dest`` (path or fsspec URI), atomically.
+
+    Blocks go to a temporary file (beside ``dest`` for local paths, a local temp file for
+    URIs); a clean exit renames (or uploads) it to ``dest``. If the ``with`` block raises,
+    the temporary file is removed and ``dest`` is not created. Defaults: wav and flac
+    PCM_16, ogg Vorbis, mp3 layer III; samples are clipped to [-1, 1] unless
+    ``subtype`` is FLOAT/DOUBLE.
+    """
+
+    def __init__(self, dest, sample_rate: int, format: str | None = None, channels: int = 1,
+                 subtype: str | None = None):
+        self.dest = os.fspath(dest)
+        self._fmt, self._subtype = _format_for(self.dest, format, subtype)
+        self._remote = _is_uri(self.dest) and not self.dest.startswith("file://")
+        local = self.dest[len("file://"):] if self.dest.startswith("file://") else self.dest
+        if self._remote:
+            fd, self._tmp = tempfile.mkstemp(suffix=".tmp")
+            os.close(fd)
+        else:
+            self._local = os.path.abspath(local)
+            os.makedirs(os.path.dirname(self._local), exist_ok=True)
+            self._tmp = os.path.join(os.path.dirname(self._local),
+                                     f".{os.path.basename(self._local)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self._sf = sf.SoundFile(self._tmp, "w", samplerate=int(sample_rate), channels=int(channels),
+                                    format=self._fmt, subtype=self._subtype)
+        except BaseException:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+            raise
+
+    def write(self, block) -> None:
+        """Append ``(T,)`` (mono) or ``(C, T)`` samples."""
+        self._sf.write(_prepare(block, self._subtype))
+
+    def close(self, commit: bool = True) -> None:
+        if self._sf is None:
+            return
+        try:
+            self._sf.close()
+            self._sf = None
+            if commit and self._remote:
+                import fsspec
+                fs, path = fsspec.core.url_to_fs(self.dest)
+                fs.put_file(self._tmp, path)
+            elif commit:
+                os.replace(self._tmp, self._local)
+        finally:
+            self._sf = None
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
+
+    def __enter__(self) -> "StreamingAudioWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(commit=exc_type is None)
+
+
+def write_audio(dest, wave, sample_rate: int, format: str | None = None, subtype: str | None = None) -> None:
+    """Write ``wave`` ``(T,)`` or ``(C, T)`` to ``dest`` atomically (see :class:`StreamingAudioWriter`).
+
+    Format comes from the extension (wav, flac, ogg, mp3) unless ``format`` is given;
+    parent folders are created; integer/lossy subtypes are clipped to [-1, 1].
+    """
+    arr = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave)
+    with StreamingAudioWriter(dest, sample_rate, format, 1 if arr.ndim == 1 else arr.shape[0], subtype) as w:
+        w.write(arr)

@@ -1,0 +1,288 @@
+"""Typed configuration: dataclasses, YAML presets and dotted command-line overrides.
+
+Every field is a constructor argument of the component it configures. A run's
+resolved config is a plain dict (``Config.to_dict``) saved next to the run and
+inside every checkpoint, so a checkpoint can rebuild its own model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad preset, field name or value; the message names the field."""
+
+
+@dataclass
+class AudioConfig:
+    """Audio front end (REFERENCE.md, "Audio front end")."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    clip_samples: int = 65535  # one training clip / inference window (256 frames at hop 256)
+    warp_bins: int = 256  # rows of the log-frequency grid; 0 disables the warp
+
+    @property
+    def num_frames(self) -> int:
+        """STFT frames of one clip (centred STFT)."""
+        return 1 + self.clip_samples // self.hop_length
+
+    @property
+    def freq_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    @property
+    def model_bins(self) -> int:
+        """Frequency rows the U-Net sees."""
+        return self.warp_bins if self.warp_bins else self.freq_bins
+
+
+@dataclass
+class ModelConfig:
+    """The separation network: U-Net masks + query fusion (+ noise heads)."""
+
+    arch: str = "clipsep"  # clipsep | labelsep | pit
+    unet_depth: int = 7
+    unet_width: int = 64
+    num_masks: int = 32  # k intermediate masks
+    noise_heads: int = 0  # 0 = CLIPSep; 2 = the paper's NIT
+    embed_dim: int = 512  # query embedding size (CLIP's output dim)
+    num_sources: int = 2  # PIT output count
+    num_labels: int = 0  # LabelSep vocabulary size
+    channels_last: bool = True
+
+
+@dataclass
+class QueryConfig:
+    """The frozen open_clip query encoder and its prompts."""
+
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"  # open_clip tag or a local checkpoint path/URI
+    prompt_template: str = "a photo of {}"
+    prompt_ensemble: list[str] = field(
+        default_factory=lambda: [
+            "a photo of {}.",
+            "a photo of the small {}.",
+            "a low resolution photo of a {}.",
+            "a photo of many {}.",
+        ]
+    )
+    frames_per_query: int = 3  # centre frame c and c +- 1 s, mean-pooled
+    fps: float = 1.0
+    text_cache_size: int = 1024
+
+
+@dataclass
+class MixingConfig:
+    """On-the-fly mix-and-separate (REFERENCE.md, "Training")."""
+
+    num_sources: int = 2
+    gain_min: float = 0.5
+    gain_max: float = 1.5
+    binary_masks: bool = True  # targets 1[|S| > 0.5 |X|]; False = ratio masks
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, loop and checkpointing."""
+
+    mode: str = "image"  # image | text | hybrid
+    batch_size: int = 32
+    lr: float = 1e-3
+    final_lr: float = 1e-4
+    warmup_steps: int = 5000
+    decay_steps: int = 100000
+    max_steps: int = 200000
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    noise_reg_lambda: float = 0.1
+    noise_reg_gamma: float = 0.25
+    num_workers: int = 1
+    use_gpu: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
+    checkpoint_every: int = 5000
+    val_every: int = 5000
+    log_every: int = 50
+    shuffle_buffer: int = 256
+    seed: int = 0
+
+
+@dataclass
+class InferenceConfig:
+    """The one separation function, ``separate``."""
+
+    overlap: float = 0.25  # fraction of a window shared with its neighbour (cross-faded)
+    batch_windows: int = 4  # windows per U-Net call
+    precision: str = "auto"  # auto (bf16 where the hardware has it) | fp32 | bf16
+    soft_masks: bool = True  # False thresholds masks at 0.5
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class Config:
+    """The resolved configuration of a run or a checkpoint."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Config":
+        return _build(cls, data or {}, "")
+
+    def override(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """Return a copy with dotted overrides applied (``["model.num_masks=16"]``)."""
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+        # Command-line values stay text until the field's type is known (see _check_type).
+        for dotted, value in items:
+            parts = dotted.split(".")
+            node = data
+            for i, part in enumerate(parts[:-1]):
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config section '{'.'.join(parts[: i + 1])}' in override '{dotted}'")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config field '{dotted}'")
+            node[parts[-1]] = value
+        return Config.from_dict(data)
+
+    def validate(self) -> "Config":
+        """Check cross-field constraints; return self."""
+        a, m = self.audio, self.model
+        if m.arch not in ("clipsep", "labelsep", "pit"):
+            raise ConfigError(f"model.arch must be clipsep, labelsep or pit, got '{m.arch}'")
+        if self.train.mode not in ("image", "text", "hybrid"):
+            raise ConfigError(f"train.mode must be image, text or hybrid, got '{self.train.mode}'")
+        for name in ("train.precision", "inference.precision"):
+            sec, key = name.split(".")
+            if getattr(getattr(self, sec), key) not in ("auto", "fp32", "bf16"):
+                raise ConfigError(f"{name} must be auto, fp32 or bf16")
+        step = 2 ** m.unet_depth
+        if a.num_frames % step or a.model_bins % step:
+            raise ConfigError(
+                f"audio gives {a.model_bins} bins x {a.num_frames} frames; both must be multiples of "
+                f"2**model.unet_depth = {step} (set audio.clip_samples / audio.warp_bins)"
+            )
+        if not 0.0 <= self.inference.overlap < 1.0:
+            raise ConfigError("inference.overlap must be in [0, 1)")
+        if m.noise_heads < 0:
+            raise ConfigError("model.noise_heads must be >= 0")
+        if self.mixing.num_sources < 2:
+            raise ConfigError("mixing.num_sources must be >= 2")
+        return self
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form section.field=value")
+    key, value = item.split("=", 1)
+    return key.strip(), _Raw(value)
+
+
+class _Raw(str):
+    """A command-line value: parsed as YAML unless the field is a string."""
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    if isinstance(value, _Raw):
+        if tp is str:
+            return str(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"config field '{where}': cannot parse {str(value)!r}") from None
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config field '{where}' must be a list, got {type(value).__name__}")
+        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
+            raise ConfigError(
+                f"config field '{where}' must be {tp.__name__}, got {type(value).__name__} ({value!r})"
+            )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("clipsep_ray.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a preset name (``paper``, ``tiny``) or a YAML file, then apply overrides.
+
+    A YAML file may name a ``preset:`` to start from; its other keys override it.
+    """
+    import fsspec
+
+    if source in preset_names():
+        text = resources.files("clipsep_ray.presets").joinpath(f"{source}.yaml").read_text()
+    elif source.endswith((".yaml", ".yml")):
+        try:
+            with fsspec.open(source, "r") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {source}") from None
+    else:
+        raise ConfigError(f"unknown preset '{source}' (presets: {', '.join(preset_names())}; or a .yaml file)")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    base = data.pop("preset", None)
+    cfg = load_config(base) if base else Config()
+    cfg = cfg.override(_flatten(data))
+    return cfg.override(overrides or []).validate()
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def save_config(cfg: Config, uri: str) -> None:
+    """Write the resolved config as YAML to any fsspec URI."""
+    import fsspec
+
+    with fsspec.open(uri, "w") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

@@ -1,0 +1,119 @@
+"""Self-describing checkpoints: resolved config + weights + versions, on any fsspec URI.
+
+One file (``torch.save`` of plain containers and tensors) read back with
+``torch.load(weights_only=True)``: no arbitrary object is ever unpickled. A URI that
+names a folder (a Ray Train checkpoint directory, or one ending in '/') holds the
+file as ``model.pt``.
+"""
+from __future__ import annotations
+
+import io
+import os
+import platform
+import tempfile
+from typing import Any
+
+import fsspec
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from torch import nn
+
+from clipsep_ray.config import Config, ConfigError
+
+FORMAT = "clipsep_ray.checkpoint/1"
+FILENAME = "model.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the URI and the problem."""
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("clipsep_ray", "torch", "open_clip_torch", "ray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _file_uri(uri: str) -> str:
+    fs, path = fsspec.core.url_to_fs(uri)
+    if uri.endswith("/") or fs.isdir(path):
+        return uri.rstrip("/") + "/" + FILENAME
+    return uri
+
+
+def save_checkpoint(uri: str, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None) -> str:
+    """Write model weights + ``cfg`` (+ ``extra`` plain state, e.g. optimiser) to ``uri``; returns the file URI.
+
+    Local files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "config": cfg.to_dict(), "versions": versions(), "model": state,
+               "extra": extra or {}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    target = _file_uri(uri)
+    fs, path = fsspec.core.url_to_fs(target)
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp-", suffix=".pt")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as fh:  # object stores publish a file only when its upload completes
+            fh.write(buf.getvalue())
+    return target
+
+
+def read_checkpoint(uri: str, map_location: str = "cpu") -> dict[str, Any]:
+    """The raw payload (format, config, versions, model, extra), loaded safely."""
+    target = _file_uri(uri)
+    try:
+        with fsspec.open(target, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {target}") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{target} is not a readable checkpoint (corrupt, truncated or unsafe): "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{target} is not a clipsep_ray checkpoint (expected format '{FORMAT}')")
+    return payload
+
+
+def load_checkpoint(uri: str, map_location: str = "cpu", expected: Config | None = None
+                    ) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes -> (model in eval mode, its Config, payload).
+
+    ``expected``: when given, the checkpoint's model section must equal it; each
+    differing field is named in the error.
+    """
+    from clipsep_ray.models.clipsep import build_model
+
+    payload = read_checkpoint(uri, map_location)
+    try:
+        cfg = Config.from_dict(payload["config"]).validate()
+    except ConfigError as exc:
+        raise CheckpointError(f"{uri}: its saved config is invalid: {exc}") from None
+    if expected is not None:
+        diff = [f"model.{k}: checkpoint {v!r} != expected {getattr(expected.model, k)!r}"
+                for k, v in vars(cfg.model).items() if getattr(expected.model, k) != v]
+        if diff:
+            raise CheckpointError(f"{uri} was trained with another model config: " + "; ".join(diff))
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{uri}: weights do not match the config saved with them: "
+                              f"{' '.join(str(exc).split())[:400]}") from None
+    return model.eval(), cfg, payload

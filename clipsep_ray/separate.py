@@ -1,0 +1,289 @@
+"""The one inference function: ``separate`` and its streaming form, and the ``Separator`` wrapper.
+
+Every consumer (validation, evaluation, the CLI, the batch job, Serve) goes through
+:func:`separate_stream`. A signal at the model rate is cut into overlapping windows of
+``audio.clip_samples`` samples, windows are batched through the U-Net ONCE whatever
+the number of queries (late fusion: the U-Net features do not depend on the query),
+each query then costs one inner product, the inverse warp and an iSTFT, and the
+windows are cross-faded back together. Memory is bounded by one batch of windows.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from clipsep_ray.audio.chunking import OverlapAdd, crossfade, num_windows
+from clipsep_ray.audio.stft import SpectralFrontEnd
+from clipsep_ray.config import Config, InferenceConfig
+from clipsep_ray.models.clipsep import CLIPSep, LabelSep, PITSep
+from clipsep_ray.models.query import QueryError, QueryEncoder, check_queries
+
+RESIDUAL = "residual"
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (avx512_bf16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for 'bf16', and for 'auto' where the hardware has it; None means fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def mask_logits(model: nn.Module, features: Tensor, projections: Tensor | None) -> Tensor:
+    """U-Net features (B, k, F, N) + query projections (Q, k) -> mask logits (B, Q, F, N)."""
+    if isinstance(model, PITSep):
+        return features.float()
+    return model.fuse(features, projections)
+
+
+@torch.no_grad()
+def separate_stream(model: nn.Module, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
+                    projections: Tensor | None, cfg: InferenceConfig | None = None,
+                    device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """Separate a stream of mono blocks at the model rate.
+
+    blocks: iterable of (T_i,) float tensors (any sizes); projections: (Q, k) query
+    projections (``model.project(embeddings)``), None for PIT. Yields (Q, M_i) estimate
+    chunks, in order, that together have exactly sum(T_i) samples.
+    """
+    cfg = cfg or InferenceConfig()
+    device = torch.device(device)
+    window = frontend.clip_samples
+    overlap = int(round(cfg.overlap * window))
+    hop = window - overlap
+    dtype = autocast_dtype(cfg.precision, device)
+    channels = projections.shape[0] if projections is not None else model.num_sources
+    ola = OverlapAdd(window, hop, channels, crossfade(window, overlap))
+    proj = projections.to(device) if projections is not None else None
+
+    def run(windows: list[Tensor]) -> Tensor:
+        waves = torch.stack(windows).to(device)
+        spec, _, log_mag = frontend.analyse(waves)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            feats = model.features(log_mag)
+        logits = mask_logits(model, feats, proj)
+        masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
+        return frontend.reconstruct(masks, spec, window).cpu()
+
+    buf = torch.zeros(0)
+    total = taken = 0
+    pending: list[Tensor] = []
+    for block in blocks:
+        block = torch.as_tensor(block, dtype=torch.float32).reshape(-1)
+        buf = torch.cat([buf, block])
+        total += block.numel()
+        while buf.numel() >= window:
+            pending.append(buf[:window].clone())
+            buf, taken = buf[hop:], taken + 1
+            if len(pending) == cfg.batch_windows:
+                yield ola.add(run(pending))
+                pending = []
+    if total == 0:
+        raise ValueError("cannot separate an empty signal")
+    while taken < num_windows(total, window, hop):
+        pending.append(torch.nn.functional.pad(buf[:window], (0, window - min(window, buf.numel()))))
+        buf, taken = buf[hop:], taken + 1
+    if pending:
+        yield ola.add(run(pending))
+    yield ola.finish(total)
+
+
+def separate(model: nn.Module, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,
+             cfg: InferenceConfig | None = None, device: torch.device | str = "cpu") -> Tensor:
+    """(T,) mono at the model rate + (Q, k) projections -> (Q, T) estimates (see :func:`separate_stream`)."""
+    return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device)), dim=1)
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    """A safe file name for a query or an input name: no separators, no dots first, bounded length."""
+    s = re.sub(r"[^\w\-]+", "_", text.strip(), flags=re.UNICODE).strip("_.")
+    return (s[:max_len] or "query").lower()
+
+
+@dataclass
+class Separation(Mapping):
+    """query -> (T,) float32 stem at the input's rate and length, plus ``"residual"``."""
+
+    stems: dict[str, np.ndarray]
+    sample_rate: int
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.stems[key]
+
+    def __iter__(self):
+        return iter(self.stems)
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+
+class Separator:
+    """A loaded model, its front end and query encoder, ready to separate audio at any rate."""
+
+    def __init__(self, model: nn.Module, cfg: Config, query_encoder: QueryEncoder | None = None,
+                 device: str = "auto"):
+        self.cfg = cfg
+        self.device = resolve_device(device if device != "auto" else cfg.inference.device)
+        self.model = model.eval().to(self.device)
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.frontend = SpectralFrontEnd.from_config(cfg.audio).to(self.device)
+        self._encoder = query_encoder
+
+    @classmethod
+    def from_checkpoint(cls, uri: str, device: str = "auto", clip_pretrained: str | None = None,
+                        query_encoder: QueryEncoder | None = None, **inference) -> "Separator":
+        """Load a checkpoint; ``clip_pretrained`` overrides where the CLIP weights are read from;
+        ``inference`` overrides InferenceConfig fields (e.g. precision="fp32")."""
+        from clipsep_ray.models.checkpoint import load_checkpoint
+
+        model, cfg, _ = load_checkpoint(uri)
+        if clip_pretrained is not None:
+            cfg.query.clip_pretrained = clip_pretrained
+        if inference:
+            cfg = cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        return cls(model, cfg, query_encoder, device)
+
+    @property
+    def query_encoder(self) -> QueryEncoder:
+        if self._encoder is None:
+            self._encoder = QueryEncoder.from_config(self.cfg.query, device=str(self.device))
+        return self._encoder
+
+    def projections(self, queries) -> tuple[list[str], Tensor | None]:
+        """Queries -> (names, (Q, k) projections). Text, (Q, D) embeddings, or images (name: image_i)."""
+        if isinstance(self.model, PITSep):
+            return [f"source_{i + 1}" for i in range(self.model.num_sources)], None
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, (Sequence, Tensor, np.ndarray)):
+            queries = [queries]
+        if isinstance(queries, (Tensor, np.ndarray)):
+            emb = torch.as_tensor(queries, dtype=torch.float32).reshape(-1, queries.shape[-1])
+            names = [f"query_{i + 1}" for i in range(emb.shape[0])]
+        elif all(isinstance(q, str) for q in queries):
+            names = check_queries(queries)
+            if isinstance(self.model, LabelSep):
+                raise QueryError("a LabelSep model takes label ids, not text queries")
+            emb = self.query_encoder.encode_text(names)
+        else:
+            emb = self.query_encoder.encode_images(list(queries))
+            names = [f"image_{i + 1}" for i in range(emb.shape[0])]
+        if len(set(names)) != len(names):
+            raise QueryError(f"repeated query in {names}")
+        with torch.no_grad():
+            return names, self.model.project(emb.to(self.device)).float()
+
+    def separate(self, waveform, sample_rate: int, queries) -> Separation:
+        """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length.
+
+        Multichannel input is averaged to mono (the model is mono).
+        """
+        from clipsep_ray.audio.io import resample
+
+        wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        if wave.dim() == 2:
+            wave = wave.mean(dim=0)
+        if wave.dim() != 1 or wave.numel() == 0:
+            raise ValueError(f"waveform must be a non-empty (T,) or (C, T) array, got shape {tuple(wave.shape)}")
+        if not torch.isfinite(wave).all():
+            raise ValueError("waveform contains NaN or infinite samples")
+        names, proj = self.projections(queries)
+        model_sr = self.cfg.audio.sample_rate
+        x = resample(wave, sample_rate, model_sr)
+        est = separate(self.model, self.frontend, x, proj, self.cfg.inference, self.device)
+        est = resample(est, model_sr, sample_rate)[:, : wave.numel()]
+        stems = {n: est[i].numpy() for i, n in enumerate(names)}
+        stems[RESIDUAL] = (wave - est.sum(dim=0)).numpy()
+        return Separation(stems, sample_rate)
+
+    def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
+                      block_seconds: float = 60.0) -> dict[str, str]:
+        """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
+
+        Decoding, resampling, separation and encoding all run block by block, so memory
+        does not grow with the file's length. Returns {name: written path}. Outputs are
+        written under temporary names and renamed only when the whole file succeeded.
+        """
+        from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
+
+        names, proj = self.projections(queries)
+        model_sr = self.cfg.audio.sample_rate
+        ext = format or os.path.splitext(source)[1].lstrip(".").lower()
+        ext = ext if ext in ("wav", "flac", "ogg") else "wav"
+        files = {n: f"{out_dir.rstrip('/')}/{slug(n)}.{ext}" for n in names}
+        files[RESIDUAL] = f"{out_dir.rstrip('/')}/{RESIDUAL}.{ext}"
+        if len(set(files.values())) != len(files):
+            raise QueryError(f"queries {names} give clashing file names")
+        with AudioReader(source) as reader:
+            sr = reader.sample_rate
+            down = StreamingResampler(sr, model_sr)
+            ups = [StreamingResampler(model_sr, sr) for _ in names]
+            writers = {n: StreamingAudioWriter(p, sr) for n, p in files.items()}
+            pending_in: list[np.ndarray] = []  # input samples waiting for their stems
+            state = {"in": 0, "out": 0, "ready": [np.zeros(0, np.float32) for _ in names]}
+
+            def model_blocks():
+                for block in reader.blocks(int(block_seconds * sr)):
+                    state["in"] += len(block)
+                    pending_in.append(block)
+                    yield torch.from_numpy(down.push(block))
+                yield torch.from_numpy(down.flush())
+
+            def emit(parts: list[np.ndarray], final: bool = False) -> None:
+                for i, p in enumerate(parts):
+                    state["ready"][i] = np.concatenate([state["ready"][i], p])
+                n = min(len(r) for r in state["ready"])
+                n = min(n, state["in"] - state["out"])
+                if n == 0:
+                    return
+                mix = np.concatenate(pending_in) if pending_in else np.zeros(0, np.float32)
+                pending_in.clear()
+                pending_in.append(mix[n:])
+                total = np.zeros(n, np.float32)
+                for i, name in enumerate(names):
+                    writers[name].write(state["ready"][i][:n])
+                    total += state["ready"][i][:n]
+                    state["ready"][i] = state["ready"][i][n:]
+                writers[RESIDUAL].write(mix[:n] - total)
+                state["out"] += n
+
+            try:
+                for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
+                                             self.cfg.inference, self.device):
+                    emit([up.push(c.numpy()) for up, c in zip(ups, chunk)])
+                emit([up.flush() for up in ups], final=True)
+                if state["out"] != state["in"]:
+                    raise RuntimeError(f"{source}: wrote {state['out']} of {state['in']} samples")
+            except BaseException:
+                for w in writers.values():
+                    w.close(commit=False)
+                raise
+            for w in writers.values():
+                w.close(commit=True)
+        return files

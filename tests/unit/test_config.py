@@ -1,0 +1,67 @@
+import pytest
+
+from clipsep_ray.config import Config, ConfigError, load_config, preset_names, save_config
+
+
+def test_presets_ship_and_paper_is_published_config():
+    assert {"paper", "tiny"} <= set(preset_names())
+    c = load_config("paper")
+    assert (c.audio.sample_rate, c.audio.n_fft, c.audio.hop_length, c.audio.clip_samples) == (16000, 1024, 256, 65535)
+    assert (c.audio.freq_bins, c.audio.model_bins, c.audio.num_frames) == (513, 256, 256)
+    assert (c.model.unet_depth, c.model.unet_width, c.model.num_masks, c.model.embed_dim) == (7, 64, 32, 512)
+    assert (c.query.clip_model, c.query.clip_pretrained) == ("ViT-B-32", "openai")
+    assert (c.train.lr, c.train.batch_size, c.train.max_steps, c.train.warmup_steps) == (1e-3, 32, 200000, 5000)
+    assert (c.mixing.gain_min, c.mixing.gain_max) == (0.5, 1.5)
+
+
+def test_tiny_is_smaller_and_consistent():
+    t, p = load_config("tiny"), load_config("paper")
+    assert t.audio.sample_rate < p.audio.sample_rate and t.model.unet_width < p.model.unet_width
+    assert t.audio.num_frames % 2 ** t.model.unet_depth == 0
+
+
+def test_dotted_overrides_parse_by_field_type():
+    c = load_config("tiny", ["model.num_masks=8", "train.lr=0.01", "query.prompt_template=a photo of {}",
+                             "query.prompt_ensemble=['{}', 'a {}']", "model.channels_last=false"])
+    assert c.model.num_masks == 8 and c.train.lr == 0.01 and c.model.channels_last is False
+    assert c.query.prompt_template == "a photo of {}" and c.query.prompt_ensemble == ["{}", "a {}"]
+
+
+@pytest.mark.parametrize("override,named", [
+    (["model.nope=1"], "model.nope"),
+    (["nosection.x=1"], "nosection"),
+    (["model.num_masks=abc"], "model.num_masks"),
+    (["train.lr=yes"], "train.lr"),
+    (["model.unet_depth=9"], "2**model.unet_depth"),
+    (["train.mode=video"], "train.mode"),
+    (["model.num_masks"], "model.num_masks"),
+])
+def test_bad_overrides_name_the_field(override, named):
+    with pytest.raises(ConfigError, match=named.replace("*", r"\*")):
+        load_config("tiny", override)
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/x.yaml")
+
+
+def test_yaml_file_extends_preset_and_roundtrips(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("preset: tiny\nmodel:\n  noise_heads: 2\ntrain: {mode: text}\n")
+    c = load_config(str(f), ["train.batch_size=4"])
+    assert c.model.noise_heads == 2 and c.train.mode == "text" and c.train.batch_size == 4
+    assert c.audio.sample_rate == 8000
+    save_config(c, str(tmp_path / "resolved.yaml"))
+    again = load_config(str(tmp_path / "resolved.yaml"))
+    assert again == c
+    assert Config.from_dict(c.to_dict()) == c
+
+
+def test_yaml_wrong_type_in_file_named(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("audio: {sample_rate: fast}\n")
+    with pytest.raises(ConfigError, match="audio.sample_rate"):
+        load_config(str(f))
