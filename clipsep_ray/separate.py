@@ -110,9 +110,10 @@ def separate_stream(model: nn.Module, frontend: SpectralFrontEnd, blocks: Iterab
     while taken < num_windows(total, window, hop):
         pending.append(torch.nn.functional.pad(buf[:window], (0, window - min(window, buf.numel()))))
         buf, taken = buf[hop:], taken + 1
-    if pending:
-        yield ola.add(run(pending))
-    yield ola.finish(total)
+    # The last windows are zero-padded past the end: cut what they add beyond ``total``.
+    before = ola.emitted
+    tail = torch.cat([ola.add(run(pending)) if pending else torch.zeros(channels, 0), ola.finish(total)], dim=1)
+    yield tail[:, : total - before]
 
 
 def separate(model: nn.Module, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,

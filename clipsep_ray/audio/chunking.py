@@ -76,7 +76,6 @@ class OverlapAdd:
         return done
 
     def finish(self, length: int) -> Tensor:
-        """Everything left, truncated so that the stream totals ``length`` samples."""
+        """Everything left, truncated so that the stream totals at most ``length`` samples."""
         remaining = max(0, min(length - self.emitted, self.acc.shape[1]))
-        tail = self._pop(self.acc.shape[1])
-        return tail[:, :remaining]
+        return self._pop(self.acc.shape[1])[:, :remaining]

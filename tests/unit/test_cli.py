@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from clipsep_ray.audio.io import load_audio, write_audio
+from clipsep_ray.cli import main
+from clipsep_ray.models.checkpoint import save_checkpoint
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_cfg, tiny_model):
+    return save_checkpoint(str(tmp_path / "ckpt" / "model.pt"), tiny_model, tiny_cfg)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    root = tmp_path / "in"
+    rng = np.random.default_rng(0)
+    files = {"a.wav": 16000, "sub/b song.flac": 44100, "sub/deeper/c.ogg": 22050}
+    for rel, sr in files.items():
+        write_audio(str(root / rel), (rng.standard_normal(int(sr * 1.3)) * 0.1).astype(np.float32), sr)
+    return root, files
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["separate", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--checkpoint", "--query", "--out", "--format", "--device", "--precision", "--batch-windows",
+                "--overlap", "--clip-pretrained"):
+        assert opt in out
+
+
+def test_separate_folder_writes_stems_per_input(tmp_path, ckpt, inputs):
+    root, files = inputs
+    out = tmp_path / "out"
+    rc = main(["separate", "--checkpoint", ckpt, "--query", "dog barking", "--query", "Rain!", str(root),
+               "-o", str(out), "--no-progress"])
+    assert rc == 0
+    expected = {"a": ("wav", 16000), "sub/b_song": ("flac", 44100), "sub/deeper/c": ("ogg", 22050)}
+    for name, (ext, sr) in expected.items():
+        for stem in ("dog_barking", "rain", "residual"):
+            wave, got_sr = load_audio(str(out / name / f"{stem}.{ext}"))
+            assert got_sr == sr and abs(len(wave) - int(sr * 1.3)) == 0
+
+
+def test_bad_file_fails_alone_and_exit_code_says_so(tmp_path, ckpt, inputs, capsys):
+    root, _ = inputs
+    (root / "broken.wav").write_bytes(b"definitely not audio")
+    out = tmp_path / "out"
+    rc = main(["separate", "--checkpoint", ckpt, "--query", "dog", str(root), "-o", str(out), "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "broken.wav" in err
+    assert (out / "a" / "dog.wav").exists() and not (out / "broken").exists()
+
+
+def test_bad_query_and_checkpoint_exit_2(tmp_path, ckpt, inputs, capsys):
+    root, _ = inputs
+    assert main(["separate", "--checkpoint", ckpt, "--query", " ", str(root), "-o", str(tmp_path / "o")]) == 2
+    assert "query #0 is empty" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"xx")
+    assert main(["separate", "--checkpoint", str(bad), "--query", "dog", str(root), "-o", str(tmp_path / "o")]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

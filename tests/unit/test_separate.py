@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+
+from clipsep_ray.audio.io import load_audio, write_audio
+from clipsep_ray.audio.stft import SpectralFrontEnd
+from clipsep_ray.models.clipsep import PITSep
+from clipsep_ray.models.query import QueryError
+from clipsep_ray.separate import Separator, separate, slug
+
+
+class IdentityMasks(PITSep):
+    """Every mask is 1: separation must give the input back exactly (overlap-add of an identity)."""
+
+    def features(self, log_mag):
+        return torch.full((log_mag.shape[0], 1, *log_mag.shape[2:]), 50.0)
+
+
+def test_overlap_add_of_identity_is_identity(tiny_cfg):
+    fe = SpectralFrontEnd.from_config(tiny_cfg.audio)
+    model = IdentityMasks(unet_depth=5, unet_width=4, num_sources=1).eval()
+    x = (torch.rand(3 * tiny_cfg.audio.clip_samples + 1234) - 0.5) * 1.8
+    for overlap in (0.0, 0.25, 0.5):
+        tiny_cfg.inference.overlap = overlap
+        y = separate(model, fe, x, None, tiny_cfg.inference)
+        assert y.shape == (1, x.numel())
+        assert torch.allclose(y[0], x, atol=1e-5)
+
+
+def test_windows_equal_one_pass_away_from_window_edges(tiny_cfg, tiny_model):
+    fe = SpectralFrontEnd.from_config(tiny_cfg.audio)
+    w = tiny_cfg.audio.clip_samples
+    ov = int(round(tiny_cfg.inference.overlap * w))
+    hop = w - ov
+    x = torch.randn(3 * w) * 0.2
+    proj = tiny_model.project(torch.randn(2, tiny_cfg.model.embed_dim))
+    y = separate(tiny_model, fe, x, proj, tiny_cfg.inference)
+    for k in range(3):
+        one = separate(tiny_model, fe, x[k * hop:k * hop + w], proj, tiny_cfg.inference)  # one pass
+        lo, hi = k * hop + (ov if k else 0), k * hop + w - ov
+        assert torch.allclose(y[:, lo:hi], one[:, lo - k * hop:hi - k * hop], atol=1e-5), k
+    assert y.abs().sum() > 0
+
+
+def test_batching_of_windows_does_not_change_results(tiny_cfg, tiny_model):
+    fe = SpectralFrontEnd.from_config(tiny_cfg.audio)
+    x = torch.randn(50000) * 0.2
+    proj = tiny_model.project(torch.randn(1, tiny_cfg.model.embed_dim))
+    tiny_cfg.inference.batch_windows = 1
+    a = separate(tiny_model, fe, x, proj, tiny_cfg.inference)
+    tiny_cfg.inference.batch_windows = 5
+    b = separate(tiny_model, fe, x, proj, tiny_cfg.inference)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000])
+@pytest.mark.parametrize("seconds", [0.3, 2.7183])
+def test_outputs_keep_rate_and_length(tiny_cfg, tiny_model, sr, seconds):
+    sep = Separator(tiny_model, tiny_cfg)
+    n = int(sr * seconds) + 7  # not a multiple of the hop
+    wave = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1
+    out = sep.separate(wave, sr, ["dog barking", "violin"])
+    assert list(out) == ["dog barking", "violin", "residual"]
+    assert out.sample_rate == sr
+    for v in out.values():
+        assert v.shape == (n,) and v.dtype == np.float32 and np.isfinite(v).all()
+    np.testing.assert_allclose(out["dog barking"] + out["violin"] + out["residual"], wave, atol=1e-5)
+
+
+def test_queries_change_the_stems_and_the_text_cache_is_used(tiny_cfg, tiny_model):
+    sep = Separator(tiny_model, tiny_cfg)
+    wave = np.random.default_rng(1).standard_normal(20000).astype(np.float32) * 0.2
+    out = sep.separate(wave, 8000, ["dog barking", "rain"])
+    assert not np.allclose(out["dog barking"], out["rain"])
+    again = sep.separate(wave, 8000, ["rain"])
+    np.testing.assert_allclose(again["rain"], out["rain"], atol=1e-5)  # a query's stem ignores the others
+    assert ("rain", False) in sep.query_encoder._cache
+
+
+def test_bad_inputs_are_named(tiny_cfg, tiny_model):
+    sep = Separator(tiny_model, tiny_cfg)
+    wave = np.zeros(1000, np.float32)
+    with pytest.raises(QueryError, match="query #1 is empty"):
+        sep.separate(wave, 8000, ["dog", "  "])
+    with pytest.raises(QueryError, match="repeated query"):
+        sep.separate(wave, 8000, ["dog", "dog"])
+    with pytest.raises(ValueError, match="non-empty"):
+        sep.separate(np.zeros(0, np.float32), 8000, ["dog"])
+    with pytest.raises(ValueError, match="NaN"):
+        sep.separate(np.full(100, np.nan, np.float32), 8000, ["dog"])
+
+
+def test_embeddings_and_images_as_queries(tiny_cfg, tiny_model):
+    sep = Separator(tiny_model, tiny_cfg)
+    wave = np.random.default_rng(2).standard_normal(9000).astype(np.float32) * 0.1
+    emb = sep.query_encoder.encode_text(["dog"])
+    by_emb = sep.separate(wave, 8000, emb)
+    by_text = sep.separate(wave, 8000, ["dog"])
+    np.testing.assert_allclose(by_emb["query_1"], by_text["dog"], atol=1e-5)
+    img = np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    by_img = sep.separate(wave, 8000, [img])
+    assert set(by_img) == {"image_1", "residual"}
+
+
+def test_separate_file_streams_and_matches_in_memory(tiny_cfg, tiny_model, tmp_path):
+    sep = Separator(tiny_model, tiny_cfg)
+    sr = 22050
+    wave = (np.random.default_rng(4).standard_normal(int(sr * 5.3)) * 0.1).astype(np.float32)
+    src = tmp_path / "my input é.wav"
+    write_audio(str(src), wave, sr, subtype="FLOAT")
+    files = sep.separate_file(str(src), str(tmp_path / "out"), ["dog barking", "rain"], block_seconds=0.77)
+    assert sorted(p.split("/")[-1] for p in files.values()) == ["dog_barking.wav", "rain.wav", "residual.wav"]
+    mem = sep.separate(wave, sr, ["dog barking", "rain"])
+    for name, path in files.items():
+        got, got_sr = load_audio(path)
+        assert got_sr == sr and got.shape == wave.shape
+        np.testing.assert_allclose(got, mem[name], atol=2e-4)  # 16-bit PCM output
+
+
+def test_separate_file_leaves_nothing_on_failure(tiny_cfg, tiny_model, tmp_path):
+    sep = Separator(tiny_model, tiny_cfg)
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00garbage" * 10)
+    with pytest.raises(ValueError, match="broken.wav"):
+        sep.separate_file(str(bad), str(tmp_path / "out"), ["dog"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_slug_is_a_safe_file_name():
+    assert slug("Dog barking!") == "dog_barking"
+    assert slug("../../etc/passwd") == "etc_passwd"
+    assert "/" not in slug("a/b\\c") and not slug("...").startswith(".")
+    assert len(slug("x" * 500)) <= 60
