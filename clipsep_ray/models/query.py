@@ -79,7 +79,10 @@ class QueryEncoder:
             model, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=weights, device=device)
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/HF errors alike
             hint = " (no network here: pass a local checkpoint path)" if weights and not os.path.exists(weights) else ""
-            raise QueryError(f"cannot load CLIP model '{clip_model}' with weights '{clip_pretrained}': {exc}{hint}") from exc
+            reason = " ".join(str(exc).split())
+            reason = reason[:300] + ("..." if len(reason) > 300 else "")
+            raise QueryError(f"cannot load CLIP model '{clip_model}' with weights '{clip_pretrained}': "
+                             f"{reason}{hint}") from exc
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(clip_model)
