@@ -116,6 +116,29 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where a run reads its shards (any fsspec URI; '' = not set)."""
+
+    train_uri: str = ""
+    val_uri: str = ""  # '' = hold out val_fraction of train_uri's shards
+    val_fraction: float = 0.1
+    val_clips: int = 64  # validation mixtures per evaluation (deterministic)
+    text_embeddings: str = ""  # '' = <train_uri>/_text_embeddings.parquet when it exists
+    s3_endpoint: str = ""  # '' = AWS_ENDPOINT_URL(_S3) from the environment, else AWS
+
+
+@dataclass
+class RunConfig:
+    """Where and how a training run lives on Ray."""
+
+    name: str = "clipsep"
+    storage_path: str = "./runs"  # local folder or s3://bucket/prefix
+    max_failures: int = 1  # worker restarts before the run fails
+    num_to_keep: int = 3  # checkpoints kept, best by validation SDR (the latest is always kept)
+    cpus_per_worker: float = 0.5  # logical CPUs a training worker reserves; the rest feed Ray Data
+
+
+@dataclass
 class InferenceConfig:
     """The one separation function, ``separate``."""
 
@@ -136,6 +159,8 @@ class Config:
     mixing: MixingConfig = field(default_factory=MixingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
