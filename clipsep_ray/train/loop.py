@@ -72,14 +72,17 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     if arch == "clipsep" and key not in batch:
         raise KeyError(f"train.mode={cfg.train.mode} needs a '{key}' column (text embeddings of labels: run embed "
                        f"on labelled shards)")
-    mixed = mix_batch(batch["audio"], batch[key] if arch == "clipsep" else batch["audio"].new_zeros(len(batch["audio"]), 1),
-                      cfg.mixing, generator, extra={"label_id": batch["label_id"]} if "label_id" in batch else None)
+    if arch == "labelsep" and "label_id" not in batch:
+        raise KeyError("model.arch=labelsep needs a 'label_id' column (labelled shards with text embeddings)")
+    audio = batch["audio"]
+    queries = batch[key] if arch == "clipsep" else audio.new_zeros(audio.shape[0], 1)
+    mixed = mix_batch(audio, queries, cfg.mixing, generator, batch.get("clip_index"))
     prep = prepare_targets(frontend, mixed["sources"], mixed["mixture"], cfg.mixing.binary_masks)
     with torch.autocast(prep["log_mag"].device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         if arch == "pit":
             out = model(prep["log_mag"])
         elif arch == "labelsep":
-            out = model(prep["log_mag"], core.embed_labels(mixed["label_id"]))
+            out = model(prep["log_mag"], core.embed_labels(batch["label_id"][mixed["index"]]))
         else:
             out = model(prep["log_mag"], mixed["queries"])
     logits = out["query_logits"].float()
@@ -91,10 +94,10 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
         sep, choice = nit_loss(logits, noise, prep["targets"], prep["weights"])
         reg = noise_regularizer(noise, cfg.train.noise_reg_lambda, cfg.train.noise_reg_gamma)
         loss = sep + reg
-        metrics.update(noise_reg=float(reg), arrangement_0=float((choice == 0).float().mean()))
+        metrics.update(noise_reg=float(reg.detach()), arrangement_0=float((choice == 0).float().mean()))
     else:
         loss = clipsep_loss(logits, prep["targets"], prep["weights"])
-    metrics["loss"] = float(loss)
+    metrics["loss"] = float(loss.detach())
     return loss, metrics
 
 
