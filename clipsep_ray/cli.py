@@ -101,8 +101,8 @@ def _passthrough(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 PASSTHROUGH = {
     # name: (module, function, help)
-    "synth": ("clipsep_ray.synth.cli", "main_synth", "write the synthetic world's MP4 videos + index.csv"),
-    "synth-clip": ("clipsep_ray.synth.cli", "main_synth_clip", "train and save the synthetic world's small CLIP"),
+    "synth": ("clipsep_ray.synth.videos", "main_synth", "write the synthetic world's MP4 videos + index.csv"),
+    "synth-clip": ("clipsep_ray.synth.clip", "main_synth_clip", "train and save the synthetic world's small CLIP"),
     "ingest": ("clipsep_ray.data.ingest", "main_ingest", "video files -> Parquet shards (Ray Data)"),
     "embed": ("clipsep_ray.data.embed", "main_embed", "add frozen CLIP image embeddings to shards (Ray Data)"),
     "train": ("clipsep_ray.train.trainer", "main_train", "train on Ray Train"),

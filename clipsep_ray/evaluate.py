@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 
 from clipsep_ray.audio.stft import SpectralFrontEnd
@@ -29,6 +30,26 @@ from clipsep_ray.models.clipsep import LabelSep, PITSep
 from clipsep_ray.separate import separate
 
 EVAL_SAMPLES = 65280
+
+
+def eval_pairs(n: int, labels: list | None = None, seed: int = 0) -> np.ndarray:
+    """(n,) interference clip for each target clip: deterministic from (n, labels, seed).
+
+    Uniform over the other clips; where labels are known, over clips of another class
+    (a same-class pair has no right answer for a text query), falling back to any
+    other clip when every clip shares the label.
+    """
+    if n < 2:
+        raise ValueError(f"evaluation mixtures need at least 2 clips, got {n}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        for _ in range(1000):
+            j = (i + 1 + int(rng.integers(n - 1))) % n
+            if labels is None or labels[j] != labels[i] or labels[i] is None:
+                break
+        out[i] = j
+    return out
 
 
 def method_name(cfg: Config) -> str:
@@ -135,7 +156,6 @@ def evaluate_checkpoint(checkpoint: str, data_uri: str, out_dir: str | None = No
                         text_embeddings: str | None = None, train_data: str = "", device: str = "cpu") -> list[dict]:
     """Evaluate a checkpoint on the shards at ``data_uri`` (embedded; labelled for text queries)."""
     from clipsep_ray.data import schema
-    from clipsep_ray.data.mixing import eval_pairs
     from clipsep_ray.data.shards import eval_rows
     from clipsep_ray.models.checkpoint import load_checkpoint
 

@@ -28,8 +28,8 @@ def validation_set(cfg: Config, val_source, text_uri: str | None):
     """Deterministic validation mixtures (REFERENCE.md protocol): c = n // 2, halved, pairs by index."""
     import torch
 
-    from clipsep_ray.data.mixing import eval_pairs
     from clipsep_ray.data.shards import eval_rows
+    from clipsep_ray.evaluate import eval_pairs
     from clipsep_ray.train.loop import ValSet
 
     rows = eval_rows(val_source, cfg, limit=cfg.data.val_clips, text_embeddings=text_uri,
@@ -101,7 +101,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
                                                          checkpoint_score_order="max")),
     )
     result = trainer.fit()
-    best = result.best_checkpoints[0][0] if val and result.best_checkpoints else result.checkpoint
+    best = result.checkpoint
     if val and result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_sdr", float("-inf")))[0]
     summary = {"run": cfg.run.name, "storage_path": cfg.run.storage_path, "metrics": result.metrics,

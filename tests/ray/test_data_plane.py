@@ -1,0 +1,337 @@
+"""The data plane on a local Ray cluster: ingest (local folder and S3), embed, streaming
+rows, mixing, shard round trips and skipped rows. One Ray init for the module.
+
+Videos are made here with PyAV (4 fps, 64x48, AAC); clips are 2 s at 8 kHz so the
+whole module stays small.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clipsep_ray.config import load_config
+from clipsep_ray.data import schema
+from clipsep_ray.data.embed import load_text_embeddings, main_embed
+from clipsep_ray.data.ingest import IngestOptions, ingest, main_ingest
+from clipsep_ray.data.mixing import mix_batch
+from clipsep_ray.data.shards import (PrepStats, RowPrep, eval_rows, iter_training_batches, split_shards,
+                                     training_dataset)
+
+SR = 8000
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+NAME_WITH_SPACES = "good b \u00fc\u00df \u732b.mp4"  # spaces and non-ASCII
+# file -> (clips, or the start of the rejection reason); clip 2 s, min 2 s
+EXPECTED = {
+    "good_a.mp4": 2,  # 5 s: two clips, the 1 s remainder is dropped
+    NAME_WITH_SPACES: 2,  # 4.2 s
+    "sub/good_c.mov": 1,  # 3 s, in a sub-folder, another container
+    "noaudio.mp4": "no audio track",
+    "corrupt.mp4": "corrupt or unreadable",
+    "empty.mp4": "empty file",
+    "short.mp4": "too short",
+}
+N_CLIPS = sum(v for v in EXPECTED.values() if isinstance(v, int))
+N_OK = sum(isinstance(v, int) for v in EXPECTED.values())
+N_BAD = len(EXPECTED) - N_OK
+
+
+def make_video(path, seconds, freq=440.0, fps=4, size=(64, 48), sr=16000, audio=True):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    c = av.open(str(path), "w")
+    vs = c.add_stream("mpeg4", rate=fps)
+    vs.width, vs.height, vs.pix_fmt = size[0], size[1], "yuv420p"
+    a = c.add_stream("aac", rate=sr) if audio else None
+    if a is not None:
+        a.layout = "mono"
+    for i in range(int(round(seconds * fps))):
+        img = np.full((size[1], size[0], 3), (i * 20) % 255, np.uint8)
+        for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+    for p in vs.encode():
+        c.mux(p)
+    if a is not None:
+        n = int(seconds * sr)
+        wav = (0.5 * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
+        for i in range(0, n, 1024):
+            fr = av.AudioFrame.from_ndarray(wav[None, i:i + 1024], format="flt", layout="mono")
+            fr.sample_rate, fr.pts = sr, i
+            for p in a.encode(fr):
+                c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    make_video(d / "good_a.mp4", 5.0, 440.0)
+    make_video(d / NAME_WITH_SPACES, 4.2, 660.0)
+    make_video(d / "sub" / "good_c.mov", 3.0, 880.0)
+    make_video(d / "noaudio.mp4", 3.0, audio=False)
+    make_video(d / "short.mp4", 1.2)
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "notes.txt").write_text("not a video")
+    return d
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clipcfg")
+    (d / "test-data-clip.json").write_text(json.dumps(TINY_CLIP))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("tiny", ["model.embed_dim=32"])
+
+
+def _opts(**kw):
+    return IngestOptions(sample_rate=SR, clip_seconds=2.0, files_per_task=3, **kw)
+
+
+def _rows(uri):
+    tables = [schema.read_shard(u) for u in schema.list_shards(uri)]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _check_result(res, root):
+    assert res["clips_written"] == N_CLIPS
+    assert res["files_ok"] == N_OK
+    assert res["files_rejected"] == N_BAD
+    reasons = {e["path"][len(root) + 1:]: e["reason"] for e in res["errors"]}
+    for name, want in EXPECTED.items():
+        if isinstance(want, str):
+            assert reasons[name].startswith(want), (name, reasons[name])
+
+
+# -- ingest -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_shards(ray_local, video_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("shards"))
+    argv = [str(video_dir), out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"]
+    return out, main_ingest(argv)
+
+
+def test_ingest_local_counts_and_errors(local_shards, video_dir):
+    out, res = local_shards
+    _check_result(res, str(video_dir))
+    table = _rows(out)
+    assert table.schema == schema.SHARD_SCHEMA
+    assert table.num_rows == N_CLIPS
+    assert len(set(table.column("clip_id").to_pylist())) == N_CLIPS
+    assert len(schema.list_shards(out)) >= 2  # 7 files, 3 per task
+    per_file = {}
+    for src, start, n, sr, frames, fps in zip(*(table.column(c).to_pylist() for c in
+                                                ("source_uri", "start_s", "num_samples", "sample_rate", "frames",
+                                                 "fps"))):
+        per_file.setdefault(os.path.relpath(src, video_dir), []).append(start)
+        assert sr == SR and n == 2 * SR and fps == 1.0 and len(frames) == 2
+    assert {k: len(v) for k, v in per_file.items()} == {k: v for k, v in EXPECTED.items() if isinstance(v, int)}
+    assert sorted(per_file["good_a.mp4"]) == [0.0, 2.0]
+    # the audio is the file's tone, resampled to 8 kHz
+    row = table.filter(pa.compute.equal(table.column("source_uri"), str(video_dir / "good_a.mp4"))).slice(0, 1)
+    wave, sr = schema.decode_audio(row.column("audio")[0].as_py())
+    spec = np.abs(np.fft.rfft(wave))
+    assert sr == SR and abs(np.argmax(spec) * SR / len(wave) - 440.0) < 5
+    from PIL import Image
+    import io
+    assert Image.open(io.BytesIO(row.column("frames")[0].as_py()[0])).size == (224, 224)
+    errors = pq.read_table(os.path.join(out, schema.ERRORS_NAME))
+    assert errors.num_rows == N_BAD and errors.column_names == ["path", "reason"]
+    manifest = json.loads(open(os.path.join(out, schema.MANIFEST_NAME)).read())
+    assert len(manifest["files"]) == N_OK and manifest["last_run"]["clips_written"] == N_CLIPS
+
+
+def test_ingest_rerun_does_not_duplicate(local_shards, video_dir):
+    out, _ = local_shards
+    before = sorted(schema.list_shards(out))
+    again = ingest(str(video_dir), out, _opts())
+    assert again["clips_written"] == 0 and again["files_skipped"] == N_OK
+    assert again["files_rejected"] == N_BAD and again["clips_total"] == N_CLIPS
+    assert _rows(out).num_rows == N_CLIPS
+    redo = ingest(str(video_dir), out, _opts(), overwrite=True)
+    assert redo["clips_written"] == N_CLIPS
+    assert sorted(schema.list_shards(out)) == before  # deterministic names, overwritten
+    assert _rows(out).num_rows == N_CLIPS
+    with pytest.raises(ValueError, match="clips made with"):
+        ingest(str(video_dir), out, IngestOptions(sample_rate=16000, clip_seconds=2.0))
+
+
+def test_ingest_on_s3(ray_local, s3_bucket, video_dir):
+    fs = schema.filesystem("s3://x")
+    for root, _, names in os.walk(video_dir):
+        for name in names:
+            local = os.path.join(root, name)
+            fs.put_file(local, f"{s3_bucket}/videos/{os.path.relpath(local, video_dir)}")
+    src, out = f"s3://{s3_bucket}/videos", f"s3://{s3_bucket}/shards"
+    res = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
+    _check_result(res, src)
+    assert _rows(out).num_rows == N_CLIPS
+    assert schema.exists(f"{out}/{schema.MANIFEST_NAME}") and schema.exists(f"{out}/{schema.ERRORS_NAME}")
+    assert set(_rows(out).column("source_uri").to_pylist()) == {
+        f"{src}/{k}" for k, v in EXPECTED.items() if isinstance(v, int)}
+    again = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
+    assert again["clips_written"] == 0 and _rows(out).num_rows == N_CLIPS
+
+
+@pytest.fixture(scope="module")
+def labelled_shards(ray_local, video_dir, tmp_path_factory):
+    """Index CSV (relative paths, labels, an extra column) -> shards."""
+    index = video_dir / "index.csv"
+    index.write_text("path,label,extra\n"
+                     "good_a.mp4,dog barking,1\n"
+                     f"{NAME_WITH_SPACES},violin,2\n"
+                     "sub/good_c.mov,dog barking,3\n"
+                     "missing.mp4,cat,4\n")
+    out = str(tmp_path_factory.mktemp("labelled"))
+    res = ingest("-", out, _opts(), index=str(index))
+    assert res["clips_written"] == N_CLIPS and res["errors"] == [
+        {"path": str(video_dir / "missing.mp4"), "reason": "not found"}]
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded(labelled_shards, clip_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("embedded"))
+    argv = [labelled_shards, out, "--config", "tiny", "--clip-model", "test-data-clip", "--clip-pretrained", "",
+            "--clip-config-dir", clip_dir, "--batch-size", "3"]
+    return out, main_embed(argv), argv
+
+
+def test_embed_adds_frame_embeddings_and_text(embedded):
+    out, res, _ = embedded
+    assert res["rows"] == N_CLIPS and res["shards_skipped"] == 0 and res["rows_without_embeddings"] == 0
+    table = _rows(out)
+    assert set(table.column("embedding_model").to_pylist()) == {"test-data-clip:"}
+    for frames, emb in zip(table.column("frames").to_pylist(), table.column("image_embeddings").to_pylist()):
+        arr = np.asarray(emb, np.float32)
+        assert arr.shape == (len(frames), 32) and np.isfinite(arr).all() and np.abs(arr).sum() > 0
+    text = load_text_embeddings(out)
+    assert sorted(text) == ["dog barking", "violin"] and text["violin"].shape == (32,)
+    ens = load_text_embeddings(out, ensemble=True)
+    assert not np.allclose(ens["violin"], text["violin"])
+
+
+def test_embed_rerun_is_idempotent(embedded):
+    out, res, argv = embedded
+    before = _rows(out)
+    again = main_embed(argv)
+    assert again["shards_skipped"] == again["shards"] == res["shards"]
+    assert _rows(out).equals(before)
+    redo = main_embed(argv + ["--overwrite"])  # recomputed: the same numbers (seeded weights)
+    assert redo["shards_skipped"] == 0 and _rows(out).equals(before)
+
+
+# -- streaming ---------------------------------------------------------------------------------
+def test_streaming_rows_and_mixtures(embedded, cfg):
+    out, _, _ = embedded
+    stats = PrepStats()
+    ds = training_dataset(out, cfg, split_seed=0, stats=stats, text_embeddings=out)
+    seen, batches = 0, []
+    for batch in iter_training_batches(ds, batch_size=2, shuffle_buffer=4, drop_last=False, device="cpu"):
+        assert batch["audio"].dtype == torch.float32 and batch["audio"].shape[1] == cfg.audio.clip_samples
+        assert batch["query"].shape[1] == 32 and batch["text_query"].shape[1] == 32
+        assert batch["audio"].abs().sum() > 0
+        seen += batch["audio"].shape[0]
+        batches.append(batch)
+    assert seen == N_CLIPS
+    snap = stats.snapshot()
+    assert snap["rows_ok"] == N_CLIPS and snap["rows_skipped"] == 0
+    full = batches[0]
+    mixed = mix_batch(full["audio"], full["query"], cfg.mixing, torch.Generator().manual_seed(0),
+                      clip_index=full["clip_index"])
+    torch.testing.assert_close(mixed["sources"].sum(1), mixed["mixture"])
+    assert (mixed["index"][:, 0] != mixed["index"][:, 1]).all()
+
+
+def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
+    out, _, _ = embedded
+    table = _rows(out)
+    audio = table.column("audio").to_pylist()
+    audio[0] = b"this is not flac"
+    bad_id = table.column("clip_id")[0].as_py()
+    table = table.set_column(table.schema.get_field_index("audio"), "audio", pa.array(audio, pa.binary()))
+    schema.write_shard(table, str(tmp_path / "part-broken.parquet"))
+    stats = PrepStats()
+    ds = training_dataset(str(tmp_path), cfg, stats=stats)
+    rows = ds.take_all()
+    assert len(rows) == N_CLIPS - 1
+    assert schema.clip_index(bad_id) not in {int(r["clip_index"]) for r in rows}
+    snap = stats.snapshot()
+    assert snap["rows_skipped"] == 1 and snap["rows_ok"] == N_CLIPS - 1
+    assert snap["examples"][0]["clip_id"] == bad_id and "corrupt audio" in snap["examples"][0]["reason"]
+    ev = eval_rows(str(tmp_path), cfg)
+    assert ev["skipped"] == 1 and len(ev["clip_id"]) == N_CLIPS - 1 and bad_id not in ev["clip_id"]
+
+
+def test_eval_rows_are_deterministic(embedded, cfg):
+    out, _, _ = embedded
+    a, b = eval_rows(out, cfg, text_embeddings=out), eval_rows(out, cfg, text_embeddings=out)
+    assert a["clip_id"] == sorted(a["clip_id"]) and a["clip_id"] == b["clip_id"]
+    assert np.array_equal(a["audio"], b["audio"]) and np.array_equal(a["query"], b["query"])
+    assert a["audio"].shape == (N_CLIPS, cfg.audio.clip_samples) and a["query"].shape == (N_CLIPS, 32)
+    assert a["text_query"].shape == (N_CLIPS, 32) and set(a["label"]) == {"dog barking", "violin"}
+    train, val = split_shards(out, val_fraction=0.5, seed=0)
+    assert sorted(train + val) == schema.list_shards(out)
+
+
+# -- shards and row preparation (no Ray needed) -----------------------------------------------------
+def _synthetic_table(n_rows=3, seconds=10, sr=SR, d=4):
+    rows = []
+    for r in range(n_rows):
+        # second s holds the constant level (s + 1) / 20: the window's middle names its second
+        wave = np.repeat((np.arange(seconds) + 1) / 20.0, sr).astype(np.float32)
+        rows.append({"clip_id": schema.clip_id(f"mem://v{r}", 0.0), "source_uri": f"mem://v{r}", "start_s": 0.0,
+                     "audio": schema.encode_audio(wave, sr), "sample_rate": sr, "num_samples": len(wave),
+                     "frames": [b"jpeg"] * seconds, "fps": 1.0, "label": None if r else "dog",
+                     "image_embeddings": [[float(k)] * d for k in range(seconds)], "embedding_model": "m"})
+    return pa.Table.from_pylist(rows, schema=schema.SHARD_SCHEMA)
+
+
+def test_shard_round_trip_local_and_s3(tmp_path, s3_bucket):
+    table = _synthetic_table()
+    for uri in (str(tmp_path / "a" / "part-x.parquet"), f"s3://{s3_bucket}/p/part-x.parquet"):
+        schema.write_shard(table, uri)
+        back = schema.read_shard(uri)
+        assert back.equals(table)
+        assert schema.list_shards(uri.rsplit("/", 1)[0]) == [uri]
+    with pytest.raises(schema.ShardError, match="missing column 'audio'"):
+        schema.write_shard(table.drop_columns(["audio"]), str(tmp_path / "bad.parquet"))
+
+
+def test_row_prep_centres_window_and_pools_queries():
+    table = _synthetic_table(n_rows=1, sr=1000)
+    prep = RowPrep(sample_rate=1000, clip_samples=4095, frames_per_query=3, embed_dim=4)
+    ev, fails = prep.prepare(table, "eval")
+    assert not fails
+    mid = ev["audio"][0, 4095 // 2]
+    assert abs(mid - 5 / 20) < 1e-3  # c = 10 // 2 = 5: the window is centred in second 5
+    assert np.allclose(ev["query"][0], 4.0)  # mean of frames 4, 5, 6 (1-based) = embeddings 3, 4, 5
+    rng = np.random.default_rng(0)
+    centres = set()
+    for _ in range(40):
+        tr, _ = prep.prepare(table, "train", rng)
+        c = int(round(tr["audio"][0, 4095 // 2] * 20))
+        centres.add(c)
+        assert np.allclose(tr["query"][0], c - 1)  # query and audio window agree on c
+    assert centres == {4, 5, 6, 7}
+    # a clip shorter than the window is tiled, not zero-padded
+    short = RowPrep(sample_rate=1000, clip_samples=25000, embed_dim=4).prepare(table, "eval")[0]["audio"][0]
+    assert np.array_equal(short[:10000], short[10000:20000]) and short[20000:].min() > 0
+    # another model rate: resampled on the fly
+    rs = RowPrep(sample_rate=500, clip_samples=2047, embed_dim=4).prepare(table, "eval")[0]["audio"][0]
+    assert abs(rs[1023] - 5 / 20) < 1e-2
+    # wrong embedding size is a configuration error that names the field
+    with pytest.raises(ValueError, match="model.embed_dim"):
+        RowPrep(sample_rate=1000, clip_samples=4095, embed_dim=8).prepare(table, "eval")
