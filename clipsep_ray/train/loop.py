@@ -230,6 +230,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     fail_at = loop_config.get("fail_at_step")
     marker = loop_config.get("fail_marker")
 
+    start_step = step
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0}
     while step < tc.max_steps:
         batches = shard.iter_torch_batches(batch_size=tc.batch_size, local_shuffle_buffer_size=tc.shuffle_buffer or None,
@@ -266,7 +267,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                       f"data-wait {100 * window['wait'] / el:.0f}%", flush=True)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 el = time.perf_counter() - window["t0"]
-                report = {"step": step, "loss": window["loss"] / max(1, window["n"]), "lr": sched.get_last_lr()[0],
+                report = {"step": step, "start_step": start_step, "loss": window["loss"] / max(1, window["n"]), "lr": sched.get_last_lr()[0],
                           "grad_norm": float(grad_norm), "clips_per_s": window["n"] * tc.batch_size * world / el,
                           "data_wait_frac": window["wait"] / el, **{k: v for k, v in metrics.items() if k != "loss"}}
                 if val is not None and rank == 0:

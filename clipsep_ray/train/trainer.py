@@ -60,7 +60,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     from ray.train.torch import TorchTrainer
 
     from clipsep_ray.data import schema
-    from clipsep_ray.data.shards import split_shards, training_dataset
+    from clipsep_ray.data.shards import PrepStats, split_shards, training_dataset
     from clipsep_ray.train.loop import train_loop_per_worker
 
     if not cfg.data.train_uri:
@@ -79,7 +79,8 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
             raise ValueError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
                              f"set data.val_uri")
     needs_text = cfg.train.mode != "image" or cfg.model.arch == "labelsep"
-    ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint,
+    stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
+    ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
                           text_embeddings=text_uri if needs_text else None)
     val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 else None
     storage, fs = ray_storage(cfg.run.storage_path, endpoint)
@@ -105,7 +106,11 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     if val and result.best_checkpoints:
         best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_sdr", float("-inf")))[0]
     summary = {"run": cfg.run.name, "storage_path": cfg.run.storage_path, "metrics": result.metrics,
-               "latest_checkpoint": _uri(result.checkpoint, cfg), "best_checkpoint": _uri(best, cfg)}
+               "latest_checkpoint": _uri(result.checkpoint, cfg), "best_checkpoint": _uri(best, cfg),
+               "data": stats.snapshot()}
+    if summary["data"]["rows_skipped"]:
+        print(f"[train] skipped {summary['data']['rows_skipped']} unreadable rows: {summary['data']['reasons']}",
+              flush=True)
     run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
     save_config(cfg, f"{run_dir}/config.yaml")
     with schema_open(f"{run_dir}/summary.json", endpoint) as fh:
