@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1500, help="training steps")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--clip-steps", type=int, default=None, help="small-CLIP training steps (default: its own)")
+    p.add_argument("--clip-pictures", type=int, default=None,
+                   help="small-CLIP training pictures per class (default: its own)")
     p.add_argument("--examples", type=int, default=3, help="example mixtures in the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for training (tiny preset)")
@@ -69,8 +71,10 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     done("world")
     _log(f"world: {world['counts']} clips ({'cached' if world['cached'] else 'generated'})")
     stage("clip")
-    clip = ensure_clip(os.path.join(out, "cache", "clip"), seed=args.seed,
-                       **({"steps": args.clip_steps} if args.clip_steps else {}))
+    clip_kw = {k: v for k, v in (("steps", args.clip_steps), ("train_per_class", args.clip_pictures),
+                                 ("heldout_per_class", args.clip_pictures and max(2, args.clip_pictures // 4)))
+               if v}
+    clip = ensure_clip(os.path.join(out, "cache", "clip"), seed=args.seed, **clip_kw)
     done("clip")
     _log(f"small CLIP: zero-shot accuracy {clip.get('zero_shot_accuracy')} ({'cached' if clip['cached'] else 'trained'})")
 
