@@ -141,7 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipsep_ray.models.checkpoint import CheckpointError
     from clipsep_ray.models.query import QueryError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH and argv[0] in parser._subparsers._group_actions[0].choices:
+        # These commands parse their own options (argparse's REMAINDER would reject a leading --flag).
+        args = argparse.Namespace(rest=argv[1:], func=_passthrough(*PASSTHROUGH[argv[0]][:2]))
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, QueryError, FileNotFoundError) as exc:

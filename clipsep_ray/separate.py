@@ -256,7 +256,7 @@ class Separator:
                     yield torch.from_numpy(down.push(block))
                 yield torch.from_numpy(down.flush())
 
-            def emit(parts: list[np.ndarray], final: bool = False) -> None:
+            def emit(parts: list[np.ndarray]) -> None:
                 for i, p in enumerate(parts):
                     state["ready"][i] = np.concatenate([state["ready"][i], p])
                 n = min(len(r) for r in state["ready"])
@@ -278,7 +278,7 @@ class Separator:
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device):
                     emit([up.push(c.numpy()) for up, c in zip(ups, chunk)])
-                emit([up.flush() for up in ups], final=True)
+                emit([up.flush() for up in ups])
                 if state["out"] != state["in"]:
                     raise RuntimeError(f"{source}: wrote {state['out']} of {state['in']} samples")
             except BaseException:

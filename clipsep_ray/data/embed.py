@@ -233,7 +233,7 @@ def load_text_embeddings(uri: str, ensemble: bool = False, endpoint: str | None 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embed", description="Shards -> shards with CLIP frame embeddings (Ray Data).")
+    p = argparse.ArgumentParser(prog="clipsep-ray embed", description="Shards -> shards with CLIP frame embeddings (Ray Data).")
     p.add_argument("shards_uri")
     p.add_argument("output_uri", help="output folder (may equal SHARDS_URI: shards are rewritten in place)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. query.clip_model=ViT-B-32")

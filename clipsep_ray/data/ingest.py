@@ -488,7 +488,7 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ingest", description="Video files -> Parquet clip shards (Ray Data).")
+    p = argparse.ArgumentParser(prog="clipsep-ray ingest", description="Video files -> Parquet clip shards (Ray Data).")
     p.add_argument("input_uri", help="folder, s3:// prefix, one video, or an index CSV (path,label[,...]); "
                                      "'-' with --index")
     p.add_argument("output_uri", help="output folder / prefix for shards, _errors.parquet, _manifest.json")

@@ -64,3 +64,24 @@ def test_bad_query_and_checkpoint_exit_2(tmp_path, ckpt, inputs, capsys):
     assert main(["separate", "--checkpoint", str(bad), "--query", "dog", str(root), "-o", str(tmp_path / "o")]) == 2
     assert "bad.pt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "evaluate", "ingest", "embed", "synth", "synth-clip"])
+def test_library_commands_take_leading_options(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert f"clipsep-ray {command}" in capsys.readouterr().out
+
+
+def test_experiment_configs_load():
+    import glob
+
+    from clipsep_ray.config import load_config
+
+    files = sorted(glob.glob("jobs/experiments/*.yaml"))
+    assert len(files) >= 8
+    loaded = [load_config(f) for f in files]
+    assert {(c.model.arch, c.train.mode, c.model.noise_heads) for c in loaded} >= {
+        ("clipsep", "image", 0), ("clipsep", "text", 0), ("clipsep", "hybrid", 0), ("clipsep", "image", 2),
+        ("labelsep", "text", 0), ("pit", "image", 0)}
