@@ -73,7 +73,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
         raise ValueError(f"train.mode={cfg.train.mode} needs text embeddings of labels: none at "
                          f"{cfg.data.train_uri}/_text_embeddings.parquet (run embed on labelled shards)")
     train_src, val_src = cfg.data.train_uri, cfg.data.val_uri
-    if not val_src:
+    if not val_src and cfg.data.val_clips > 0:
         train_src, val_src = split_shards(cfg.data.train_uri, cfg.data.val_fraction, cfg.train.seed, endpoint)
         if not val_src or not train_src:
             raise ValueError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
@@ -82,7 +82,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
                           text_embeddings=text_uri if needs_text else None)
-    val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 else None
+    val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 and val_src else None
     storage, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers
     cpus = float(ray.cluster_resources().get("CPU", 1))
