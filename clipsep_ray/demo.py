@@ -61,51 +61,16 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     def done(name: str):
         timings[name] = round(time.time() - timings[name], 1)
 
-    # 1. the synthetic world and its small CLIP (cached under OUT/cache).
-    from clipsep_ray.synth.clip import ensure_clip
-    from clipsep_ray.synth.videos import ensure_world
-
-    stage("world")
-    world = ensure_world(os.path.join(out, "cache", "world"), clips=args.clips, seed=args.seed, split="clean",
-                         val_clips=args.test_clips, test_clips=args.test_clips)
-    done("world")
-    _log(f"world: {world['counts']} clips ({'cached' if world['cached'] else 'generated'})")
-    stage("clip")
-    clip_kw = {k: v for k, v in (("steps", args.clip_steps), ("train_per_class", args.clip_pictures),
-                                 ("heldout_per_class", args.clip_pictures and max(2, args.clip_pictures // 4)))
-               if v}
-    clip = ensure_clip(os.path.join(out, "cache", "clip"), seed=args.seed, **clip_kw)
-    done("clip")
-    _log(f"small CLIP: zero-shot accuracy {clip.get('zero_shot_accuracy')} ({'cached' if clip['cached'] else 'trained'})")
-
-    cfg = load_config("tiny", [f"query.clip_pretrained={clip['checkpoint']}", f"train.max_steps={args.steps}",
+    stage("data")
+    data = prepare_world(out, store, split="clean", clips=args.clips, test_clips=args.test_clips, seed=args.seed,
+                         clip_steps=args.clip_steps, clip_pictures=args.clip_pictures, address=args.address)
+    done("data")
+    cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}", f"train.max_steps={args.steps}",
                                f"train.decay_steps={args.steps}", f"train.num_workers={args.workers}",
                                f"train.seed={args.seed}", f"run.storage_path={store}/runs", "run.name=demo",
-                               f"data.train_uri={store}/embedded/train", f"data.val_uri={store}/embedded/val",
+                               f"data.train_uri={data['train']}", f"data.val_uri={data['val']}",
                                "data.val_clips=24"] + list(args.overrides))
-
-    # 2. Ray: local by default, with the CPUs this machine has.
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=args.address, **({} if args.address else {"num_cpus": os.cpu_count(),
-                                                                    "include_dashboard": False}))
-    from clipsep_ray.data.embed import embed
-    from clipsep_ray.data.ingest import IngestOptions, ingest
-
-    # 3. ingest + embed each subset (idempotent: re-runs skip finished shards).
-    counts = {}
-    stage("ingest+embed")
-    for subset in ("train", "val", "test"):
-        index = os.path.join(world["out_dir"], f"{subset}.csv")
-        shards = f"{store}/shards/{subset}"
-        counts[f"ingest_{subset}"] = ingest(None, shards, IngestOptions(sample_rate=cfg.audio.sample_rate), index=index)
-        counts[f"embed_{subset}"] = embed(shards, f"{store}/embedded/{subset}", cfg.query.clip_model,
-                                          cfg.query.clip_pretrained, prompt_template=cfg.query.prompt_template,
-                                          prompt_ensemble=cfg.query.prompt_ensemble)
-        _log(f"{subset}: {counts[f'ingest_{subset}'].get('clips_written')} clips, "
-             f"{counts[f'ingest_{subset}'].get('files_rejected')} files rejected")
-    done("ingest+embed")
+    counts = data["counts"]
 
     # 4. train with image queries only (labels are never read: train.mode=image).
     from clipsep_ray.train.trainer import train
@@ -122,14 +87,14 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     from clipsep_ray.evaluate import evaluate_checkpoint, markdown_table
 
     stage("evaluate")
-    rows = evaluate_checkpoint(ckpt_dir, f"{store}/embedded/test", out, train_data="clean")
+    rows = evaluate_checkpoint(ckpt_dir, data["test"], out, train_data="clean")
     done("evaluate")
     table = markdown_table(rows)
     print(table)
 
     # 6. example separations and the report page.
     stage("report")
-    examples = _examples(ckpt_dir, cfg, f"{store}/embedded/test", out, args.examples)
+    examples = _examples(ckpt_dir, cfg, data["test"], out, args.examples)
     _write_report(out, table, examples, rows, timings, time.time() - t_start)
     done("report")
     result = {"out": out, "checkpoint": ckpt_dir, "results": rows, "timings_s": timings,
@@ -137,6 +102,48 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     with open(os.path.join(out, "demo.json"), "w") as fh:
         json.dump(result, fh, indent=1, default=str)
     _log(f"done in {result['total_s']} s: open {os.path.join(out, 'index.html')}")
+    return result
+
+
+def prepare_world(out: str, store: str, *, split: str = "clean", clips: int = 360, test_clips: int = 60,
+                  seed: int = 0, clip_steps: int | None = None, clip_pictures: int | None = None,
+                  address: str | None = None, sample_rate: int | None = None) -> dict[str, Any]:
+    """The synthetic world (``split`` clean or noisy) as embedded shards, each stage cached.
+
+    World videos and the small CLIP are cached under OUT/cache; shards under STORE/<split>/.
+    Returns the shard URIs (train, val, test), the CLIP checkpoint and per-stage counts.
+    """
+    from clipsep_ray.synth.clip import ensure_clip
+    from clipsep_ray.synth.videos import ensure_world
+
+    tiny = load_config("tiny")
+    world = ensure_world(os.path.join(out, "cache", f"world-{split}"), clips=clips, seed=seed, split=split,
+                         val_clips=test_clips, test_clips=test_clips)
+    _log(f"world ({split}): {world['counts']} clips ({'cached' if world['cached'] else 'generated'})")
+    clip_kw = {k: v for k, v in (("steps", clip_steps), ("train_per_class", clip_pictures),
+                                 ("heldout_per_class", clip_pictures and max(2, clip_pictures // 4))) if v}
+    clip = ensure_clip(os.path.join(out, "cache", "clip"), seed=seed, **clip_kw)
+    _log(f"small CLIP: zero-shot accuracy {clip.get('zero_shot_accuracy')} "
+         f"({'cached' if clip['cached'] else 'trained'})")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False}))
+    from clipsep_ray.data.embed import embed
+    from clipsep_ray.data.ingest import IngestOptions, ingest
+
+    result: dict[str, Any] = {"clip_checkpoint": clip["checkpoint"], "clip_accuracy": clip.get("zero_shot_accuracy"),
+                              "counts": {}}
+    for subset in ("train", "val", "test"):
+        shards, embedded = f"{store}/{split}/shards/{subset}", f"{store}/{split}/embedded/{subset}"
+        got = ingest(None, shards, IngestOptions(sample_rate=sample_rate or tiny.audio.sample_rate),
+                     index=os.path.join(world["out_dir"], f"{subset}.csv"))
+        result["counts"][f"ingest_{subset}"] = got
+        result["counts"][f"embed_{subset}"] = embed(shards, embedded, tiny.query.clip_model, clip["checkpoint"],
+                                                    prompt_template=tiny.query.prompt_template,
+                                                    prompt_ensemble=tiny.query.prompt_ensemble)
+        result[subset] = embedded
+        _log(f"{split}/{subset}: {got.get('clips_written')} clips written, {got.get('files_rejected')} files rejected")
     return result
 
 

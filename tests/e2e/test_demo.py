@@ -49,6 +49,6 @@ def test_demo_second_run_reuses_cached_stages(demo):
     result, out = demo
     from clipsep_ray.synth.videos import ensure_world
 
-    again = ensure_world(os.path.join(out, "cache", "world"), clips=24, seed=0, split="clean", val_clips=12,
+    again = ensure_world(os.path.join(out, "cache", "world-clean"), clips=24, seed=0, split="clean", val_clips=12,
                          test_clips=12)
     assert again["cached"]
