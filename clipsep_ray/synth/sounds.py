@@ -108,13 +108,12 @@ def _sustained(rng, n, sr, notes, amps, attack, release, legato, vib_cents, vib_
     f0 = np.full(n, _midi_hz(notes[0][2]) if notes else 440.0)
     env = np.zeros(n)
     for on, d, m in notes:
-        a, b = int(on * sr), min(n, int((on + d) * sr))
+        a = int(on * sr)
         if a >= n:
             break
         f0[a:] = _midi_hz(m)
         seg = min(n - a, int((d * legato + release) * sr))
         env[a:a + seg] = np.maximum(env[a:a + seg], _adsr(seg, sr, attack, release, d * legato))
-        del b
     logf = _moving_average(np.log2(f0), glide_s * sr)
     t = np.arange(n) / sr
     depth = vib_cents * (0.6 + 0.4 * _slow_curve(rng, n, sr, 0.7))

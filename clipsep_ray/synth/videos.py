@@ -270,7 +270,8 @@ def ensure_world(out_dir, clips: int = 280, seed: int = 0, split: str = "clean",
 
 def main_synth(argv: list[str] | None = None) -> dict:
     """``clipsep-ray synth OUT_DIR [--clips N] [--split clean|noisy] [--seed S]``."""
-    p = argparse.ArgumentParser(prog="clipsep-ray synth", description="Write the synthetic world as MP4 videos + index.csv.")
+    p = argparse.ArgumentParser(prog="clipsep-ray synth",
+                                description="Write the synthetic world as MP4 videos + index.csv.")
     p.add_argument("out_dir")
     p.add_argument("--clips", type=int, default=280, help="training clips (val/test: max(#classes, clips/10) each)")
     p.add_argument("--split", choices=["clean", "noisy"], default="clean", help="training condition")

@@ -33,7 +33,9 @@ def test_register_configs_is_idempotent():
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     out = tmp_path_factory.mktemp("clip")
-    metrics, model = sclip.train_clip(sclip.ClipSpec(seed=1, **TINY), out, log=lambda *_: None, return_model=True)
+    # one thread: on a shared 2-core machine OpenMP spin-waiting makes 2 threads far slower
+    metrics, model = sclip.train_clip(sclip.ClipSpec(seed=1, **TINY), out, log=lambda *_: None,
+                                      return_model=True, threads=1)
     return out, metrics, model
 
 
