@@ -244,7 +244,7 @@ class Separator:
         with AudioReader(source) as reader:
             sr = reader.sample_rate
             down = StreamingResampler(sr, model_sr)
-            ups = [StreamingResampler(model_sr, sr) for _ in names]
+            up = StreamingResampler(model_sr, sr)  # every stem in one call
             writers = {n: StreamingAudioWriter(p, sr) for n, p in files.items()}
             pending_in: list[np.ndarray] = []  # input samples waiting for their stems
             state = {"in": 0, "out": 0, "ready": [np.zeros(0, np.float32) for _ in names]}
@@ -277,8 +277,9 @@ class Separator:
             try:
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device):
-                    emit([up.push(c.numpy()) for up, c in zip(ups, chunk)])
-                emit([up.flush() for up in ups])
+                    emit(list(up.push(chunk.numpy())))
+                tail = up.flush()
+                emit(list(tail) if tail.ndim == 2 else [tail] * len(names))
                 if state["out"] != state["in"]:
                     raise RuntimeError(f"{source}: wrote {state['out']} of {state['in']} samples")
             except BaseException:

@@ -119,5 +119,6 @@ class SpectralFrontEnd(nn.Module):
 
         Unwarp, multiply the linear mixture spectrum (keeps the mixture's phase), iSTFT, clip to [-1, 1].
         """
-        lin = self.unwarp(mask.float()).clamp(0.0, 1.0)
-        return self.istft(lin * spec.unsqueeze(1), length).clamp(-1.0, 1.0)
+        # Bilinear interpolation of values in [0, 1] stays in [0, 1]: no clamp needed.
+        lin = self.unwarp(mask.float())
+        return self.istft(lin * spec.unsqueeze(1), length).clamp_(-1.0, 1.0)

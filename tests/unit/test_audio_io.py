@@ -369,3 +369,14 @@ def test_streaming_writer_exception_keeps_previous_file(tmp_path):
     got, _ = load_audio(dest)
     assert len(got) == 100 and abs(got[0] - 0.25) < 1e-3
     assert _leftovers(tmp_path) == ["keep.wav"]
+
+
+def test_streaming_resampler_multichannel_matches_per_channel():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 20011)).astype(np.float32)
+    sr = StreamingResampler(16000, 44100)
+    parts = [sr.push(x[:, i:i + 1999]) for i in range(0, x.shape[1], 1999)] + [sr.flush()]
+    got = np.concatenate(parts, axis=1)
+    want = np.stack([resample(ch, 16000, 44100) for ch in x])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
