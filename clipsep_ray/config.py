@@ -203,6 +203,10 @@ class Config:
                 f"audio gives {a.model_bins} bins x {a.num_frames} frames; both must be multiples of "
                 f"2**model.unet_depth = {step} (set audio.clip_samples / audio.warp_bins)"
             )
+        if self.inference.batch_windows < 1:
+            raise ConfigError("inference.batch_windows must be >= 1")
+        if self.train.batch_size < self.mixing.num_sources:
+            raise ConfigError(f"train.batch_size must be >= mixing.num_sources ({self.mixing.num_sources})")
         if not 0.0 <= self.inference.overlap < 1.0:
             raise ConfigError("inference.overlap must be in [0, 1)")
         if m.noise_heads < 0:

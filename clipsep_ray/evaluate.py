@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -68,26 +69,43 @@ def _oracle(frontend: SpectralFrontEnd, sources: torch.Tensor, mixture: torch.Te
     return frontend.reconstruct(masks, spec, mixture.numel())[0]
 
 
-@torch.no_grad()
-def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_data: str = "") -> tuple[list, list]:
-    """rows: eval_rows() output (audio (M, T), query (M, D), optional text_query, clip_id, label).
+def _best_order(sources: torch.Tensor, est: torch.Tensor, mixture: torch.Tensor, n_eval: int) -> dict:
+    """PIT's outputs have no order: score them in the order that matches the references best."""
+    a = evaluate_mixture(sources, est, mixture, n_eval)
+    b = evaluate_mixture(sources, est.flip(0), mixture, n_eval)
+    if a["skipped"] or b["skipped"]:
+        return a if b["skipped"] else b
+    return a if sum(a["sdr"]) >= sum(b["sdr"]) else b
 
+
+@torch.no_grad()
+def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_data: str = "",
+                  bounds: bool = True) -> tuple[list, list]:
+    """Score one mixture per target clip. Shared by ``evaluate`` and the training loop's validation.
+
+    rows: ``audio`` (M, T) at the model rate, ``query`` (M, D) image queries, optional
+    ``text_query`` (M, D), ``label_id`` (M,), ``clip_id``, ``label``; pairs: (M,) interference
+    index per target. Soft masks in fp32 whatever the checkpoint's inference settings, so
+    results do not depend on the hardware. ``bounds`` adds the mixture and oracle-mask rows.
     Returns (summary rows, per-clip rows).
     """
+    inference = replace(cfg.inference, soft_masks=True, precision="fp32")
     frontend = SpectralFrontEnd.from_config(cfg.audio).to(device)
-    model = model.eval().to(device)
     audio = torch.as_tensor(rows["audio"]).float()
+    n = len(audio)
     kinds: dict[str, Any] = {}
     if isinstance(model, PITSep):
         kinds["none"] = None
     elif isinstance(model, LabelSep):
         if "label_id" in rows:
-            kinds["label"] = model.embed_labels(torch.as_tensor(rows["label_id"]).long())
+            kinds["label"] = model.embed_labels(torch.as_tensor(rows["label_id"]).long().to(device))
     else:
         kinds["image"] = torch.as_tensor(rows["query"]).float()
-        if "text_query" in rows:
+        if rows.get("text_query") is not None:
             kinds["text"] = torch.as_tensor(rows["text_query"]).float()
     method = method_name(cfg)
+    clip_ids = rows.get("clip_id") or list(range(n))
+    labels = rows.get("label") or [None] * n
     per_clip, results = [], {}
     n_eval = min(EVAL_SAMPLES, audio.shape[1])
 
@@ -99,21 +117,23 @@ def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_dat
             return
         for k in ("sdr", "sdri", "si_sdr"):
             results[key][k].append(r[k][0])
-        per_clip.append({"method": name, "query": query, "clip_id": rows["clip_id"][i],
-                         "label": (rows.get("label") or [None] * len(audio))[i],
+        per_clip.append({"method": name, "query": query, "clip_id": clip_ids[i], "label": labels[i],
                          "sdr": r["sdr"][0], "sdri": r["sdri"][0], "si_sdr": r["si_sdr"][0]})
 
     for i, j in enumerate(list(pairs)):
         sources = torch.stack([audio[i], audio[j]]) / 2
         mixture = sources.sum(0)
-        mix_r = evaluate_mixture(sources, mixture.expand(2, -1), mixture, n_eval)
-        record("mixture", "none", i, mix_r)
-        for name, binary in (("oracle-ibm", True), ("oracle-irm", False)):
-            record(name, "none", i, evaluate_mixture(sources, _oracle(frontend, sources, mixture, binary), mixture, n_eval))
+        if bounds:
+            record("mixture", "none", i, evaluate_mixture(sources, mixture.expand(2, -1), mixture, n_eval))
+            for name, binary in (("oracle-ibm", True), ("oracle-irm", False)):
+                est = _oracle(frontend, sources.to(device), mixture.to(device), binary).cpu()
+                record(name, "none", i, evaluate_mixture(sources, est, mixture, n_eval))
         for kind, q in kinds.items():
             proj = None if q is None else model.project(torch.stack([q[i], q[j]]).to(device)).float()
-            est = separate(model, frontend, mixture, proj, cfg.inference, device)
-            record(method, kind, i, evaluate_mixture(sources, est, mixture, n_eval))
+            est = separate(model, frontend, mixture, proj, inference, device)
+            r = _best_order(sources, est, mixture, n_eval) if q is None else evaluate_mixture(
+                sources, est, mixture, n_eval)
+            record(method, kind, i, r)
     summary = []
     for (name, query), v in results.items():
         s, si, ss = summarize(v["sdr"], v["skipped"]), summarize(v["sdri"]), summarize(v["si_sdr"])
@@ -160,6 +180,7 @@ def evaluate_checkpoint(checkpoint: str, data_uri: str, out_dir: str | None = No
     from clipsep_ray.models.checkpoint import load_checkpoint
 
     model, cfg, _ = load_checkpoint(checkpoint)
+    model = model.to(device)
     text_uri = text_embeddings or schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
     rows = eval_rows(data_uri, cfg, limit=limit, text_embeddings=text_uri if schema.exists(text_uri) else None,
                      ensemble=True)

@@ -186,12 +186,18 @@ def evaluate_mixture(
     keys = ("sdr", "sir", "sar", "sdr_mixture", "sdri", "si_sdr", "si_sdr_mixture", "si_sdri")
     result: dict[str, Any] = {k: [] for k in keys}
     if bool(is_silent(ref).any() or is_silent(est).any() or is_silent(mix)):
-        result["skipped"] = True
+        result["skipped"], result["reason"] = True, "silent reference, estimate or mixture"
         return result
 
     mix_est = mix.unsqueeze(0).expand_as(ref).contiguous()
-    scores = bss_eval(ref, est)
-    base = bss_eval(ref, mix_est)
+    try:
+        scores = bss_eval(ref, est)
+        base = bss_eval(ref, mix_est)
+    except RuntimeError as exc:
+        # A degenerate estimate (e.g. linearly dependent on the references' filtered copies)
+        # makes BSSEval's system singular: count the pair as skipped, with the reason.
+        result["skipped"], result["reason"] = True, f"BSSEval failed: {str(exc).splitlines()[0][:120]}"
+        return result
     si = si_sdr(ref, est)
     si_base = si_sdr(ref, mix_est)
     result.update(

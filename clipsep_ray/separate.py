@@ -197,6 +197,8 @@ class Separator:
             names = [f"image_{i + 1}" for i in range(emb.shape[0])]
         if len(set(names)) != len(names):
             raise QueryError(f"repeated query in {names}")
+        if RESIDUAL in names:
+            raise QueryError(f"'{RESIDUAL}' names the rest of the mixture in the output: ask for the sound itself")
         with torch.no_grad():
             return names, self.model.project(emb.to(self.device)).float()
 
@@ -245,7 +247,7 @@ class Separator:
             sr = reader.sample_rate
             down = StreamingResampler(sr, model_sr)
             up = StreamingResampler(model_sr, sr)  # every stem in one call
-            writers = {n: StreamingAudioWriter(p, sr) for n, p in files.items()}
+            writers: dict[str, StreamingAudioWriter] = {}
             pending_in: list[np.ndarray] = []  # input samples waiting for their stems
             state = {"in": 0, "out": 0, "ready": [np.zeros(0, np.float32) for _ in names]}
 
@@ -275,6 +277,8 @@ class Separator:
                 state["out"] += n
 
             try:
+                for n, p in files.items():
+                    writers[n] = StreamingAudioWriter(p, sr)
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device):
                     emit(list(up.push(chunk.numpy())))

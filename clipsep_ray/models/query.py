@@ -75,6 +75,7 @@ class QueryEncoder:
 
         register_clip_configs()
         weights = _local_weights(clip_pretrained)
+        downloaded = weights is not None and weights != clip_pretrained.removeprefix("file://")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=weights, device=device)
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/HF errors alike
@@ -83,6 +84,9 @@ class QueryEncoder:
             reason = reason[:300] + ("..." if len(reason) > 300 else "")
             raise QueryError(f"cannot load CLIP model '{clip_model}' with weights '{clip_pretrained}': "
                              f"{reason}{hint}") from exc
+        finally:
+            if downloaded:  # the weights are in memory now; don't leave a copy per encoder on disk
+                os.remove(weights)
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(clip_model)

@@ -176,12 +176,16 @@ def train_clip(spec: ClipSpec, out_dir, log=print, return_model: bool = False, t
     import torch
 
     before = torch.get_num_threads()
-    if threads:
+    if threads and threads != before:
         torch.set_num_threads(threads)
     try:
         return _train_clip(spec, out_dir, log, return_model)
     finally:
-        torch.set_num_threads(before)
+        # Only ever LOWER the thread count in-process: with torch 2.14.1's MKL, any
+        # set_num_threads(n >= 2) call breaks torch.linalg.solve afterwards (DLASWP errors),
+        # and with it BSSEval. The lower count stays for the rest of the process.
+        if torch.get_num_threads() > before:
+            torch.set_num_threads(before)
 
 
 def _train_clip(spec: ClipSpec, out_dir, log, return_model: bool):

@@ -105,53 +105,42 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
 class ValSet:
     """Deterministic validation mixtures: (M, T) clips at the model rate, their queries, and pairs.
 
-    ``pairs`` (M,) gives each target clip's interference clip; ``text_query`` may be None.
+    ``pairs`` (M,) gives each target clip's interference clip; ``text_query`` ("a photo of
+    [label]") and ``label_id`` exist when the data has labels.
     """
 
     audio: Tensor
     query: Tensor
     text_query: Tensor | None
     pairs: Tensor
+    label_id: Tensor | None = None
 
 
 @torch.no_grad()
-def validate(model: nn.Module, frontend: SpectralFrontEnd, val: ValSet, cfg: Config,
-             device: torch.device) -> dict[str, float]:
-    """Mean SDR / SDRi over the validation mixtures with image (and text) queries, soft masks,
-    through the one inference function ``separate`` (as REFERENCE.md's protocol)."""
-    from clipsep_ray.metrics import evaluate_mixture, summarize
-    from clipsep_ray.models.clipsep import PITSep
-    from clipsep_ray.separate import separate
+def validate(model: nn.Module, val: ValSet, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Mean SDR / SDRi of the validation mixtures for each query kind the model takes, by the
+    evaluation protocol (``evaluate.evaluate_rows``, through the one inference function)."""
+    from clipsep_ray.evaluate import evaluate_rows
 
     core = _unwrap(model)
     was_training = core.training
     core.eval()
-    kinds = {"image": val.query}
-    if val.text_query is not None:
-        kinds["text"] = val.text_query
-    if isinstance(core, PITSep):
-        kinds = {"none": None}
-    out: dict[str, float] = {}
-    for kind, queries in kinds.items():
-        sdrs, sdris, skipped = [], [], 0
-        for i, j in enumerate(val.pairs.tolist()):
-            sources = torch.stack([val.audio[i], val.audio[j]]) / 2
-            mixture = sources.sum(0)
-            proj = None if queries is None else core.project(torch.stack([queries[i], queries[j]]).to(device)).float()
-            est = separate(core, frontend, mixture, proj, cfg.inference, device)
-            r = evaluate_mixture(sources, est, mixture)
-            if r["skipped"]:
-                skipped += 1
-                continue
-            sdrs.append(r["sdr"][0])
-            sdris.append(r["sdri"][0])
-        s, si = summarize(sdrs, skipped), summarize(sdris, skipped)
-        out[f"val_sdr_{kind}"] = s["mean"] if s["mean"] is not None else float("nan")
-        out[f"val_sdri_{kind}"] = si["mean"] if si["mean"] is not None else float("nan")
-        out[f"val_skipped_{kind}"] = skipped
-    # The score that picks the best checkpoint: text queries when there are labels (the product's use).
-    out["val_sdr"] = out.get("val_sdr_text", out.get("val_sdr_image", out.get("val_sdr_none")))
+    rows = {"audio": val.audio, "query": val.query, "text_query": val.text_query}
+    if val.label_id is not None:
+        rows["label_id"] = val.label_id
+    summary, _ = evaluate_rows(core, cfg, rows, val.pairs.tolist(), device, bounds=False)
     core.train(was_training)
+    out: dict[str, float] = {}
+    for r in summary:
+        kind = r["query"]
+        out[f"val_sdr_{kind}"] = r["sdr_mean"] if r["sdr_mean"] is not None else float("nan")
+        out[f"val_sdri_{kind}"] = r["sdri_mean"] if r["sdri_mean"] is not None else float("nan")
+        out[f"val_skipped_{kind}"] = r["skipped"]
+    # The score that picks the best checkpoint: text queries when there are labels (the product's use).
+    for kind in ("text", "label", "image", "none"):
+        if f"val_sdr_{kind}" in out:
+            out["val_sdr"] = out[f"val_sdr_{kind}"]
+            break
     return out
 
 
@@ -185,7 +174,7 @@ def _save_ray_checkpoint(model: nn.Module, cfg: Config, state: dict, directory: 
 def _load_ray_checkpoint(directory: str, model: nn.Module, opt, sched, generator) -> int:
     from clipsep_ray.models.checkpoint import read_checkpoint
 
-    payload = read_checkpoint(os.path.join(directory, "model.pt"))
+    payload = read_checkpoint(os.path.join(directory, "model.pt"), map_location=str(next(model.parameters()).device))
     model.load_state_dict(payload["model"])
     state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
     return restore_state(state, opt, sched, generator)
@@ -207,22 +196,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tc = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+    # Threads come from OMP_NUM_THREADS in the workers' runtime env (trainer.py): calling
+    # torch.set_num_threads(n >= 2) breaks torch.linalg.solve (and BSSEval) with torch 2.14.1's MKL.
     torch.manual_seed(tc.seed + rank)
     device = ray.train.torch.get_device()
     generator = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
     model = build_model(cfg.model)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # On the device (and DDP-wrapped) BEFORE the optimiser exists, so that restored Adam
+    # state lands on the parameters' device.
+    model = ray.train.torch.prepare_model(model)
     opt, sched = make_optimizer(model, tc)
     step = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            step = _load_ray_checkpoint(d, model, opt, sched, generator)
+            step = _load_ray_checkpoint(d, _unwrap(model), opt, sched, generator)
+        # Only rank 0's random state is saved: other ranks draw fresh, distinct mixing streams.
+        if rank:
+            generator.manual_seed(tc.seed * 1000 + rank + 7919 * step)
         if rank == 0:
             print(f"[train] resumed from step {step}", flush=True)
-    model = ray.train.torch.prepare_model(model)
     frontend = SpectralFrontEnd.from_config(cfg.audio).to(device)
     amp = autocast_dtype(tc.precision, device) if device.type == "cuda" or tc.precision == "bf16" else None
     val: ValSet | None = loop_config.get("val")
@@ -271,7 +266,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                           "grad_norm": float(grad_norm), "clips_per_s": window["n"] * tc.batch_size * world / el,
                           "data_wait_frac": window["wait"] / el, **{k: v for k, v in metrics.items() if k != "loss"}}
                 if val is not None and rank == 0:
-                    report.update(validate(model, frontend, val, cfg, device))
+                    report.update(validate(model, val, cfg, device))
                 state = train_state(opt, sched, step, generator)
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = None

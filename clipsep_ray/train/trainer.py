@@ -14,7 +14,9 @@ import os
 import sys
 from typing import Any
 
-from clipsep_ray.config import Config, load_config, save_config
+import yaml
+
+from clipsep_ray.config import Config, load_config
 
 
 def _text_embeddings_uri(cfg: Config) -> str | None:
@@ -32,14 +34,16 @@ def validation_set(cfg: Config, val_source, text_uri: str | None):
     from clipsep_ray.evaluate import eval_pairs
     from clipsep_ray.train.loop import ValSet
 
-    rows = eval_rows(val_source, cfg, limit=cfg.data.val_clips, text_embeddings=text_uri,
+    # Validation text queries use the training template ("a photo of [label]"), not the evaluation ensemble.
+    rows = eval_rows(val_source, cfg, limit=cfg.data.val_clips, text_embeddings=text_uri, ensemble=False,
                      endpoint=cfg.data.s3_endpoint or None)
     n = len(rows["audio"])
     if n < 2:
         raise ValueError(f"validation needs at least 2 clips, {val_source} gave {n}")
     text = torch.as_tensor(rows["text_query"]) if "text_query" in rows else None
+    labels = torch.as_tensor(rows["label_id"]) if "label_id" in rows else None
     return ValSet(torch.as_tensor(rows["audio"]), torch.as_tensor(rows["query"]), text,
-                  torch.as_tensor(eval_pairs(n, labels=rows.get("label"))))
+                  torch.as_tensor(eval_pairs(n, labels=rows.get("label"))), labels)
 
 
 def ray_storage(path: str, endpoint: str | None):
@@ -86,8 +90,8 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     storage, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers
     cpus = float(ray.cluster_resources().get("CPU", 1))
+    threads = max(1, int(cpus // max(1, workers)))
     loop_config = {"config": cfg.to_dict(), "val": val, "fail_at_step": fail_at_step,
-                   "threads_per_worker": max(1, int(cpus // max(1, workers))),
                    "fail_marker": os.path.join(os.path.abspath(cfg.run.storage_path), f".{cfg.run.name}.failed")
                    if fail_at_step else None}
     trainer = TorchTrainer(
@@ -96,6 +100,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
                                                resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage, storage_filesystem=fs,
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}},
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep,
                                                          checkpoint_score_attribute="val_sdr" if val else "step",
@@ -112,7 +117,8 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
         print(f"[train] skipped {summary['data']['rows_skipped']} unreadable rows: {summary['data']['reasons']}",
               flush=True)
     run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
-    save_config(cfg, f"{run_dir}/config.yaml")
+    with schema_open(f"{run_dir}/config.yaml", endpoint) as fh:
+        fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with schema_open(f"{run_dir}/summary.json", endpoint) as fh:
         fh.write(json.dumps(summary, indent=1, default=str))
     return summary

@@ -53,11 +53,12 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_no_arbitrary_unpickling(tmp_path):
+def test_no_arbitrary_unpickling(tmp_path, capsys):
     f = tmp_path / "evil.pt"
     torch.save({"format": "clipsep_ray.checkpoint/1", "config": {}, "model": {}, "x": Evil()}, f)
     with pytest.raises(CheckpointError, match="unsafe"):
         read_checkpoint(str(f))
+    assert "pwned" not in capsys.readouterr().out  # the payload's code never ran
 
 
 def test_checkpoint_from_another_config_is_named(tmp_path):

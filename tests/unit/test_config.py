@@ -35,6 +35,8 @@ def test_dotted_overrides_parse_by_field_type():
     (["model.unet_depth=9"], "2**model.unet_depth"),
     (["train.mode=video"], "train.mode"),
     (["model.num_masks"], "model.num_masks"),
+    (["inference.batch_windows=0"], "inference.batch_windows"),
+    (["train.batch_size=1"], "train.batch_size"),
 ])
 def test_bad_overrides_name_the_field(override, named):
     with pytest.raises(ConfigError, match=named.replace("*", r"\*")):

@@ -84,6 +84,8 @@ def test_bad_inputs_are_named(tiny_cfg, tiny_model):
         sep.separate(wave, 8000, ["dog", "  "])
     with pytest.raises(QueryError, match="repeated query"):
         sep.separate(wave, 8000, ["dog", "dog"])
+    with pytest.raises(QueryError, match="'residual' names the rest"):
+        sep.separate(wave, 8000, ["residual"])
     with pytest.raises(ValueError, match="non-empty"):
         sep.separate(np.zeros(0, np.float32), 8000, ["dog"])
     with pytest.raises(ValueError, match="NaN"):

@@ -84,10 +84,10 @@ def test_ensure_clip_uses_the_cache(tiny_clip):
 
 @pytest.mark.slow
 def test_full_clip_meets_accuracy_goal():
-    """Set CLIPSEP_SYNTH_CLIP_DIR to a folder made by `clipsep-ray synth-clip` (minutes of CPU)."""
-    folder = os.environ.get("CLIPSEP_SYNTH_CLIP_DIR")
-    if not folder or not (Path(folder) / sclip.WEIGHTS_NAME).exists():
-        pytest.skip("CLIPSEP_SYNTH_CLIP_DIR does not point at a trained synth-clip")
+    """The CLIP the demo uses, trained with its defaults (about 3 minutes of CPU; cached in
+    .cache/ of the checkout, or CLIPSEP_SYNTH_CLIP_DIR) meets the >= 95% zero-shot goal."""
+    folder = os.environ.get("CLIPSEP_SYNTH_CLIP_DIR") or str(Path(__file__).resolve().parents[2] / ".cache" / "synth-clip")
+    sclip.ensure_clip(folder, seed=0, log=lambda *_: None)
     metrics = json.loads((Path(folder) / sclip.METRICS_NAME).read_text())
     model, preprocess, tok = sclip.load_clip(Path(folder) / sclip.WEIGHTS_NAME)
     spec = metrics["spec"]

@@ -111,11 +111,21 @@ def test_train_state_round_trip_continues_identically():
 
 def test_validation_reports_sdr_per_query_kind():
     cfg = load_config("tiny", SMALL + ["inference.precision=fp32"])
+    torch.manual_seed(0)
     model = build_model(cfg.model)
+    # Untrained with the published init every query gets the same mask, and the two estimates
+    # are the same scaled mixture, which BSSEval cannot score: give the queries distinct masks.
+    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
     b = _batch(cfg)
-    val = ValSet(b["audio"], b["query"], b["text_query"], torch.tensor([1, 2, 3, 0]))
-    out = validate(model, SpectralFrontEnd.from_config(cfg.audio), val, cfg, torch.device("cpu"))
+    val = ValSet(b["audio"], b["query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    out = validate(model, val, cfg, torch.device("cpu"))
     for k in ("val_sdr_image", "val_sdr_text", "val_sdri_image", "val_sdr"):
         assert math.isfinite(out[k]), (k, out)
     assert out["val_sdr"] == out["val_sdr_text"]
     assert model.training  # restored
+    # LabelSep is validated with its label embeddings, PIT with no query.
+    lab = build_model(load_config("tiny", SMALL + ["model.arch=labelsep", "model.num_labels=4"]).model)
+    out = validate(lab, val, cfg, torch.device("cpu"))
+    assert "val_sdr_label" in out and "val_sdr_image" not in out and out["val_sdr"] == out["val_sdr_label"]
+    pit = build_model(load_config("tiny", SMALL + ["model.arch=pit"]).model)
+    assert "val_sdr_none" in validate(pit, val, cfg, torch.device("cpu"))
