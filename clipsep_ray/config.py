@@ -95,7 +95,7 @@ class TrainConfig:
     """Optimiser, schedule, loop and checkpointing."""
 
     mode: str = "image"  # image | text | hybrid
-    batch_size: int = 32
+    batch_size: int = 32  # global: split evenly over train.num_workers
     lr: float = 1e-3
     final_lr: float = 1e-4
     warmup_steps: int = 5000

@@ -225,10 +225,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     fail_at = loop_config.get("fail_at_step")
     marker = loop_config.get("fail_marker")
 
+    if tc.batch_size % world or tc.batch_size // world < cfg.mixing.num_sources:
+        raise ValueError(f"train.batch_size={tc.batch_size} (global) must split evenly over {world} workers, "
+                         f"with at least mixing.num_sources={cfg.mixing.num_sources} rows each")
+    per_worker = tc.batch_size // world  # train.batch_size is the global batch, as in the paper
     start_step = step
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0}
     while step < tc.max_steps:
-        batches = shard.iter_torch_batches(batch_size=tc.batch_size, local_shuffle_buffer_size=tc.shuffle_buffer or None,
+        batches = shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=tc.shuffle_buffer or None,
                                            drop_last=True, device=device)
         it = iter(batches)
         epoch_start = step
@@ -238,7 +242,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 batch = next(it)
             except StopIteration:
                 if step == epoch_start:
-                    raise RuntimeError(f"the training data gave no batch of {tc.batch_size} rows on worker {rank}: "
+                    raise RuntimeError(f"the training data gave no batch of {per_worker} rows on worker {rank}: "
                                        f"too few clips for train.batch_size x workers") from None
                 break
             window["wait"] += time.perf_counter() - t_wait
@@ -258,12 +262,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if step % tc.log_every == 0 and rank == 0:
                 el = time.perf_counter() - window["t0"]
                 print(f"[train] step {step}/{tc.max_steps} loss {window['loss'] / max(1, window['n']):.4f} "
-                      f"lr {sched.get_last_lr()[0]:.2e} {window['n'] * tc.batch_size * world / el:.1f} clips/s "
+                      f"lr {sched.get_last_lr()[0]:.2e} {window['n'] * tc.batch_size / el:.1f} mixtures/s "
                       f"data-wait {100 * window['wait'] / el:.0f}%", flush=True)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 el = time.perf_counter() - window["t0"]
                 report = {"step": step, "start_step": start_step, "loss": window["loss"] / max(1, window["n"]), "lr": sched.get_last_lr()[0],
-                          "grad_norm": float(grad_norm), "clips_per_s": window["n"] * tc.batch_size * world / el,
+                          "grad_norm": float(grad_norm), "clips_per_s": window["n"] * tc.batch_size / el,
                           "data_wait_frac": window["wait"] / el, **{k: v for k, v in metrics.items() if k != "loss"}}
                 if val is not None and rank == 0:
                     report.update(validate(model, val, cfg, device))
