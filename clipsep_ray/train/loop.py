@@ -278,6 +278,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         _save_ray_checkpoint(model, cfg, state, tmp)
                         checkpoint = ray.train.Checkpoint.from_directory(tmp)
                         print(f"[train] step {step}: " + ", ".join(
-                            f"{k} {v:.3f}" for k, v in report.items() if isinstance(v, float)), flush=True)
+                            f"{k} {v:.4g}" for k, v in report.items() if isinstance(v, float)), flush=True)
                     ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"step_{step:08d}")
                 window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0}
