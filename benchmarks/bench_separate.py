@@ -139,6 +139,11 @@ def bench_preset(preset: str, args, tmp: str) -> dict:
         torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)  # untrained: make queries differ
         calibrate_batchnorm(model, cfg)
         ckpt = save_checkpoint(os.path.join(tmp, f"{preset}.pt"), model, cfg)
+    # One query encoder for every Separator below: an untrained CLIP is random, and each new
+    # one would give different query embeddings (and so different stems) to compare.
+    from clipsep_ray.models.query import QueryEncoder
+
+    encoder = QueryEncoder.from_config(cfg.query)
     sr_in = 44100
     wave = test_signal(sr_in, args.seconds)
     src = os.path.join(tmp, f"{preset}-in.wav")
@@ -149,12 +154,12 @@ def bench_preset(preset: str, args, tmp: str) -> dict:
     plain, n_windows = plain_forward_seconds(load_checkpoint(ckpt)[0], cfg, x_model, device)
 
     def path_time(precision: str, queries: list[str]) -> float:
-        sep = Separator.from_checkpoint(ckpt, precision=precision)
+        sep = Separator.from_checkpoint(ckpt, precision=precision, query_encoder=encoder)
         return timed(lambda: sep.separate_file(src, os.path.join(tmp, f"out-{precision}-{len(queries)}"), queries),
                      args.repeats)
 
     # The core function alone at the model rate (no decode/resample/encode): 8 queries vs 1.
-    sep_core = Separator.from_checkpoint(ckpt)
+    sep_core = Separator.from_checkpoint(ckpt, query_encoder=encoder)
     x_t = torch.from_numpy(np.asarray(x_model, dtype=np.float32))
 
     def core_time(q: int) -> float:
@@ -169,8 +174,8 @@ def bench_preset(preset: str, args, tmp: str) -> dict:
     t_fp32 = path_time("fp32", QUERIES[:1])
 
     # Precision: estimates of the default path vs. the all-fp32 path on 2-source mixtures.
-    sep_auto = Separator.from_checkpoint(ckpt, precision="auto")
-    sep_32 = Separator.from_checkpoint(ckpt, precision="fp32")
+    sep_auto = Separator.from_checkpoint(ckpt, precision="auto", query_encoder=encoder)
+    sep_32 = Separator.from_checkpoint(ckpt, precision="fp32", query_encoder=encoder)
     s1 = test_signal(cfg.audio.sample_rate, 8.0, 1)
     s2 = (np.random.default_rng(2).standard_normal(len(s1)) * 0.05).astype(np.float32)
     mix = (s1 + s2) / 2
