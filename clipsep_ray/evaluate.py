@@ -31,6 +31,7 @@ from clipsep_ray.models.clipsep import LabelSep, PITSep
 from clipsep_ray.separate import separate
 
 EVAL_SAMPLES = 65280
+RAY_THRESHOLD = 2000  # test clips from which --engine auto evaluates on Ray Data
 
 
 def eval_pairs(n: int, labels: list | None = None, seed: int = 0) -> np.ndarray:
@@ -78,50 +79,57 @@ def _best_order(sources: torch.Tensor, est: torch.Tensor, mixture: torch.Tensor,
     return a if sum(a["sdr"]) >= sum(b["sdr"]) else b
 
 
-@torch.no_grad()
-def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_data: str = "",
-                  bounds: bool = True) -> tuple[list, list]:
-    """Score one mixture per target clip. Shared by ``evaluate`` and the training loop's validation.
+BOUND_METHODS = ("mixture", "oracle-ibm", "oracle-irm")
+QUERY_ORDER = ("none", "image", "text", "label")
 
-    rows: ``audio`` (M, T) at the model rate, ``query`` (M, D) image queries, optional
-    ``text_query`` (M, D), ``label_id`` (M,), ``clip_id``, ``label``; pairs: (M,) interference
-    index per target. Soft masks in fp32 whatever the checkpoint's inference settings, so
-    results do not depend on the hardware. ``bounds`` adds the mixture and oracle-mask rows.
-    Returns (summary rows, per-clip rows).
+
+def _kinds(model, targets: dict, interferers: dict, device) -> dict[str, Any]:
+    """Query kinds this model answers -> (target queries (M, ...), interferer queries (M, ...)) or None."""
+    if isinstance(model, PITSep):
+        return {"none": None}
+    if isinstance(model, LabelSep):
+        if targets.get("label_id") is None:
+            return {}
+        return {"label": tuple(model.embed_labels(torch.as_tensor(np.asarray(r["label_id"])).long().to(device))
+                               for r in (targets, interferers))}
+    kinds = {"image": tuple(torch.as_tensor(np.asarray(r["query"])).float() for r in (targets, interferers))}
+    if targets.get("text_query") is not None:
+        kinds["text"] = tuple(torch.as_tensor(np.asarray(r["text_query"])).float() for r in (targets, interferers))
+    return kinds
+
+
+@torch.no_grad()
+def score_mixtures(model, cfg: Config, targets: dict, interferers: dict, device="cpu", bounds: bool = True) -> list:
+    """Score mixture m = targets[m] + interferers[m] (each halved): one record per mixture and row kind.
+
+    targets / interferers: column dicts of equal length M, ``audio`` (M, T) at the model
+    rate, ``query`` (M, D) image queries, optional ``text_query`` (M, D), ``label_id``
+    (M,); targets also ``clip_id`` and ``label``. Soft masks in fp32 whatever the
+    checkpoint's inference settings, so results do not depend on the hardware. ``bounds``
+    adds the mixture and oracle-mask records. Records: method, query, clip_id, label, sdr,
+    sdri, si_sdr (None when skipped), skipped (bool), reason.
     """
     inference = replace(cfg.inference, soft_masks=True, precision="fp32")
     frontend = SpectralFrontEnd.from_config(cfg.audio).to(device)
-    audio = torch.as_tensor(rows["audio"]).float()
-    n = len(audio)
-    kinds: dict[str, Any] = {}
-    if isinstance(model, PITSep):
-        kinds["none"] = None
-    elif isinstance(model, LabelSep):
-        if "label_id" in rows:
-            kinds["label"] = model.embed_labels(torch.as_tensor(rows["label_id"]).long().to(device))
-    else:
-        kinds["image"] = torch.as_tensor(rows["query"]).float()
-        if rows.get("text_query") is not None:
-            kinds["text"] = torch.as_tensor(rows["text_query"]).float()
+    a_t = torch.as_tensor(np.asarray(targets["audio"])).float()
+    a_i = torch.as_tensor(np.asarray(interferers["audio"])).float()
+    m = len(a_t)
+    kinds = _kinds(model, targets, interferers, device)
     method = method_name(cfg)
-    clip_ids = rows.get("clip_id") or list(range(n))
-    labels = rows.get("label") or [None] * n
-    per_clip, results = [], {}
-    n_eval = min(EVAL_SAMPLES, audio.shape[1])
+    clip_ids = list(targets["clip_id"]) if targets.get("clip_id") is not None else list(range(m))
+    labels = list(targets["label"]) if targets.get("label") is not None else [None] * m
+    n_eval = min(EVAL_SAMPLES, a_t.shape[1])
+    records = []
 
     def record(name: str, query: str, i: int, r: dict) -> None:
-        key = (name, query)
-        results.setdefault(key, {"sdr": [], "sdri": [], "si_sdr": [], "skipped": 0})
-        if r["skipped"]:
-            results[key]["skipped"] += 1
-            return
-        for k in ("sdr", "sdri", "si_sdr"):
-            results[key][k].append(r[k][0])
-        per_clip.append({"method": name, "query": query, "clip_id": clip_ids[i], "label": labels[i],
-                         "sdr": r["sdr"][0], "sdri": r["sdri"][0], "si_sdr": r["si_sdr"][0]})
+        rec = {"method": name, "query": query, "clip_id": clip_ids[i], "label": labels[i], "sdr": None,
+               "sdri": None, "si_sdr": None, "skipped": bool(r["skipped"]), "reason": r.get("reason") or ""}
+        if not r["skipped"]:
+            rec.update(sdr=float(r["sdr"][0]), sdri=float(r["sdri"][0]), si_sdr=float(r["si_sdr"][0]))
+        records.append(rec)
 
-    for i, j in enumerate(list(pairs)):
-        sources = torch.stack([audio[i], audio[j]]) / 2
+    for i in range(m):
+        sources = torch.stack([a_t[i], a_i[i]]) / 2
         mixture = sources.sum(0)
         if bounds:
             record("mixture", "none", i, evaluate_mixture(sources, mixture.expand(2, -1), mixture, n_eval))
@@ -129,19 +137,68 @@ def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_dat
                 est = _oracle(frontend, sources.to(device), mixture.to(device), binary).cpu()
                 record(name, "none", i, evaluate_mixture(sources, est, mixture, n_eval))
         for kind, q in kinds.items():
-            proj = None if q is None else model.project(torch.stack([q[i], q[j]]).to(device)).float()
+            proj = None if q is None else model.project(torch.stack([q[0][i], q[1][i]]).to(device)).float()
             est = separate(model, frontend, mixture, proj, inference, device)
             r = _best_order(sources, est, mixture, n_eval) if q is None else evaluate_mixture(
                 sources, est, mixture, n_eval)
             record(method, kind, i, r)
-    summary = []
-    for (name, query), v in results.items():
-        s, si, ss = summarize(v["sdr"], v["skipped"]), summarize(v["sdri"]), summarize(v["si_sdr"])
-        summary.append({"method": name, "query": query, "train_data": train_data if name not in (
-            "mixture", "oracle-ibm", "oracle-irm") else "", "sdr_mean": s["mean"], "sdr_sem": s["sem"],
-            "sdr_median": s["median"], "sdri_mean": si["mean"], "si_sdr_mean": ss["mean"], "n": s["n"],
-            "skipped": v["skipped"]})
+    return records
+
+
+def summarize_records(records: list[dict], train_data: str = "") -> tuple[list, list]:
+    """Per-mixture records (any order) -> (summary rows: bounds first, then methods by query kind;
+    per-clip rows of the scored mixtures, in clip order)."""
+    groups: dict[tuple, list] = {}
+    for r in records:
+        groups.setdefault((r["method"], r["query"]), []).append(r)
+
+    def order(key):
+        name, query = key
+        return (BOUND_METHODS.index(name) if name in BOUND_METHODS else len(BOUND_METHODS), name,
+                QUERY_ORDER.index(query) if query in QUERY_ORDER else len(QUERY_ORDER), query)
+
+    summary, per_clip = [], []
+    for key in sorted(groups, key=order):
+        name, query = key
+        rs = sorted(groups[key], key=lambda r: (type(r["clip_id"]).__name__, r["clip_id"]))
+        ok = [r for r in rs if not r["skipped"]]
+        skipped = len(rs) - len(ok)
+        s = summarize([r["sdr"] for r in ok], skipped)
+        si, ss = summarize([r["sdri"] for r in ok]), summarize([r["si_sdr"] for r in ok])
+        summary.append({"method": name, "query": query, "train_data": "" if name in BOUND_METHODS else train_data,
+                        "sdr_mean": s["mean"], "sdr_sem": s["sem"], "sdr_median": s["median"],
+                        "sdri_mean": si["mean"], "si_sdr_mean": ss["mean"], "n": s["n"], "skipped": skipped})
+        per_clip += [{k: r[k] for k in ("method", "query", "clip_id", "label", "sdr", "sdri", "si_sdr")} for r in ok]
     return summary, per_clip
+
+
+def take_rows(rows: dict, index) -> dict:
+    """Rows ``index`` of a column dict (numpy arrays, tensors or lists); None columns stay None."""
+    idx = np.asarray(index, np.int64)
+    out = {}
+    for k, v in rows.items():
+        if v is None or k in ("skipped", "failures"):
+            continue
+        out[k] = [v[i] for i in idx] if isinstance(v, list) else v[torch.as_tensor(idx)] if torch.is_tensor(v) \
+            else np.asarray(v)[idx]
+    return out
+
+
+def evaluate_rows(model, cfg: Config, rows: dict, pairs, device="cpu", train_data: str = "",
+                  bounds: bool = True) -> tuple[list, list]:
+    """Score one mixture per target clip, in one process. Shared by ``evaluate`` and the
+    training loop's validation; the Ray Data path (``evaluate_dist``) scores the same
+    mixtures with :func:`score_mixtures` and gives the same table.
+
+    rows: ``audio`` (M, T) at the model rate, ``query`` (M, D) image queries, optional
+    ``text_query`` (M, D), ``label_id`` (M,), ``clip_id``, ``label``; pairs: (M,) interference
+    index per target. Returns (summary rows, per-clip rows).
+    """
+    n = len(rows["audio"])
+    targets = take_rows(rows, np.arange(n))
+    targets.setdefault("clip_id", list(range(n)))
+    records = score_mixtures(model, cfg, targets, take_rows(rows, pairs), device, bounds)
+    return summarize_records(records, train_data)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -173,23 +230,44 @@ def write_outputs(out_dir: str, summary: list[dict], per_clip: list[dict]) -> di
 
 
 def evaluate_checkpoint(checkpoint: str, data_uri: str, out_dir: str | None = None, *, limit: int | None = None,
-                        text_embeddings: str | None = None, train_data: str = "", device: str = "cpu") -> list[dict]:
-    """Evaluate a checkpoint on the shards at ``data_uri`` (embedded; labelled for text queries)."""
-    from clipsep_ray.data import schema
-    from clipsep_ray.data.shards import eval_rows
-    from clipsep_ray.models.checkpoint import load_checkpoint
+                        text_embeddings: str | None = None, train_data: str = "", device: str = "cpu",
+                        engine: str = "auto", workers: int = 2, address: str | None = None,
+                        ray_threshold: int = RAY_THRESHOLD) -> list[dict]:
+    """Evaluate a checkpoint on the shards at ``data_uri`` (embedded; labelled for text queries).
 
-    model, cfg, _ = load_checkpoint(checkpoint)
-    model = model.to(device)
+    ``engine``: "local" (one process), "ray" (Ray Data, ``workers`` scoring actors; see
+    ``evaluate_dist``) or "auto": Ray when the shards hold ``ray_threshold`` rows or more.
+    Both give the same mixtures and the same table.
+    """
+    from clipsep_ray.data import schema
+    from clipsep_ray.evaluate_dist import evaluate_distributed, wants_ray
+
     text_uri = text_embeddings or schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
-    rows = eval_rows(data_uri, cfg, limit=limit, text_embeddings=text_uri if schema.exists(text_uri) else None,
-                     ensemble=True)
-    if len(rows["audio"]) < 2:
-        raise ValueError(f"evaluation needs at least 2 clips, {data_uri} gave {len(rows['audio'])}")
-    summary, per_clip = evaluate_rows(model, cfg, rows, eval_pairs(len(rows["audio"]), labels=rows.get("label")),
-                                      device, train_data)
+    text_uri = text_uri if schema.exists(text_uri) else None
+    if wants_ray(engine, data_uri, None, ray_threshold) or address:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count()}))
+        summary, per_clip, data = evaluate_distributed(checkpoint, data_uri, limit=limit, text_embeddings=text_uri,
+                                                       train_data=train_data, workers=workers, device=device)
+        skipped = data["rows_skipped"]
+    else:
+        from clipsep_ray.data.shards import eval_rows
+        from clipsep_ray.models.checkpoint import load_checkpoint
+
+        model, cfg, _ = load_checkpoint(checkpoint)
+        model = model.to(device)
+        rows = eval_rows(data_uri, cfg, limit=limit, text_embeddings=text_uri, ensemble=True)
+        if len(rows["audio"]) < 2:
+            raise ValueError(f"evaluation needs at least 2 clips, {data_uri} gave {len(rows['audio'])}")
+        summary, per_clip = evaluate_rows(model, cfg, rows, eval_pairs(len(rows["audio"]), labels=rows.get("label")),
+                                          device, train_data)
+        skipped = rows["skipped"]
     for r in summary:
-        r["rows_skipped_unreadable"] = rows["skipped"]
+        r["rows_skipped_unreadable"] = skipped
+    if skipped:
+        print(f"[evaluate] skipped {skipped} unreadable rows of {data_uri}", flush=True)
     if out_dir:
         write_outputs(out_dir, summary, per_clip)
     return summary
@@ -204,9 +282,16 @@ def main_evaluate(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N clips (by clip id)")
     p.add_argument("--train-data", default="", help="tag for the train_data column (clean/noisy)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", choices=["auto", "local", "ray"], default="auto",
+                   help=f"local: one process; ray: Ray Data with an actor pool; auto (default): ray when the "
+                        f"test shards hold at least --ray-threshold rows ({RAY_THRESHOLD})")
+    p.add_argument("--ray-threshold", type=int, default=RAY_THRESHOLD)
+    p.add_argument("--workers", type=int, default=2, help="scoring actors for --engine ray")
+    p.add_argument("--address", default=None, help="a running Ray cluster (implies --engine ray)")
     args = p.parse_args(argv)
     summary = evaluate_checkpoint(args.checkpoint, args.data, args.out, limit=args.limit, train_data=args.train_data,
-                                  device=args.device)
+                                  device=args.device, engine=args.engine, workers=args.workers, address=args.address,
+                                  ray_threshold=args.ray_threshold)
     print(markdown_table(summary))
     return summary
 

@@ -21,7 +21,8 @@ from clipsep_ray.models.unet import AudioUNet
 
 
 def init_weights(module: nn.Module) -> None:
-    """REFERENCE.md init: conv N(0, 1e-3), linear N(0, 1e-4), BatchNorm scale N(1, 0.02)."""
+    """REFERENCE.md init ("published"): conv N(0, 1e-3), linear N(0, 1e-4), BatchNorm scale N(1, 0.02).
+    ``model.init=pytorch`` skips it and keeps PyTorch's defaults."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0.0, 1e-3)
@@ -56,14 +57,15 @@ class CLIPSep(MaskNet):
     """Query-conditioned separation; ``noise_heads`` > 0 adds the NIT noise heads."""
 
     def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_masks: int = 32, embed_dim: int = 512,
-                 noise_heads: int = 0, channels_last: bool = True):
+                 noise_heads: int = 0, channels_last: bool = True, init: str = "published"):
         super().__init__(unet_depth, unet_width, num_masks, channels_last)
         self.query_proj = nn.Linear(embed_dim, num_masks)
         self.noise_proj = nn.ModuleList(nn.Linear(num_masks, num_masks) for _ in range(noise_heads))
         self.fusion_weight = nn.Parameter(torch.ones(num_masks))
         self.fusion_bias = nn.Parameter(torch.zeros(1))
         self.embed_dim, self.num_masks, self.noise_heads = embed_dim, num_masks, noise_heads
-        init_weights(self)
+        if init == "published":
+            init_weights(self)
 
     def project(self, embeddings: Tensor) -> Tensor:
         """(..., D) raw query embeddings -> (..., k) pre-sigmoid projections."""
@@ -113,10 +115,12 @@ class LabelSep(CLIPSep):
 class PITSep(MaskNet):
     """Baseline: the U-Net predicts one mask per source directly, no query; trained with PIT."""
 
-    def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_sources: int = 2, channels_last: bool = True):
+    def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_sources: int = 2, channels_last: bool = True,
+                 init: str = "published"):
         super().__init__(unet_depth, unet_width, num_sources, channels_last)
         self.num_sources = num_sources
-        init_weights(self)
+        if init == "published":
+            init_weights(self)
 
     def forward(self, log_mag: Tensor, embeddings: Tensor | None = None) -> dict[str, Tensor]:
         """log |X| (B, 1, F, N) -> query_logits (B, S, F, N) in no particular source order."""
@@ -125,7 +129,8 @@ class PITSep(MaskNet):
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model a :class:`ModelConfig` describes."""
-    common = dict(unet_depth=cfg.unet_depth, unet_width=cfg.unet_width, channels_last=cfg.channels_last)
+    common = dict(unet_depth=cfg.unet_depth, unet_width=cfg.unet_width, channels_last=cfg.channels_last,
+                  init=cfg.init)
     if cfg.arch == "pit":
         return PITSep(num_sources=cfg.num_sources, **common)
     kwargs = dict(num_masks=cfg.num_masks, embed_dim=cfg.embed_dim, noise_heads=cfg.noise_heads, **common)

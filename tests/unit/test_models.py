@@ -88,3 +88,18 @@ def test_gradients_reach_unet_and_projection():
     assert m.query_proj.weight.grad.abs().sum() > 0
     assert m.noise_proj[0].weight.grad.abs().sum() > 0
     assert m.unet.net.down[0].weight.grad.abs().sum() > 0
+
+
+def test_init_choice_published_vs_pytorch():
+    from clipsep_ray.config import ConfigError, load_config
+    from clipsep_ray.models.clipsep import build_model
+
+    pub = build_model(load_config("tiny", ["model.init=published"]).model)
+    pt = build_model(load_config("tiny").model)  # the tiny preset trains with PyTorch's defaults
+    convs = [m for m in pub.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(float(c.weight.std()) < 2e-3 for c in convs)  # N(0, 1e-3)
+    assert float(pub.query_proj.weight.std()) < 2e-4  # N(0, 1e-4)
+    assert float(pt.query_proj.weight.abs().max()) > 1e-2  # Kaiming-uniform, ~U(-1/sqrt(D), 1/sqrt(D))
+    assert float(next(m for m in pt.modules() if isinstance(m, torch.nn.Conv2d)).weight.std()) > 1e-2
+    with pytest.raises(ConfigError, match="model.init"):
+        load_config("tiny", ["model.init=xavier"])
