@@ -19,6 +19,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--clip", default="", help="CLIP weights recorded in the config (not needed for training)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--out", default=None, help="append the rows (JSON lines) to this file")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     import ray
@@ -37,10 +38,13 @@ def main(argv=None) -> list[dict]:
             t0 = time.time()
             summary = train(cfg)
             m = summary["metrics"]  # the second half of the run: past start-up and the first epoch's warm-up
-            rows.append({"workers": w, "batch_per_worker": cfg.train.batch_size, "steps": args.steps,
+            rows.append({"workers": w, "global_batch": cfg.train.batch_size, "steps": args.steps,
                          "mixtures_per_s": m["clips_per_s"], "data_wait_frac": m["data_wait_frac"],
                          "wall_s": round(time.time() - t0, 1), "cpus": os.cpu_count()})
             print(json.dumps(rows[-1]), flush=True)
+            if args.out:
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps(rows[-1]) + "\n")
     ray.shutdown()
     return rows
 

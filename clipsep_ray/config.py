@@ -129,6 +129,10 @@ class DataConfig:
     val_clips: int = 64  # validation mixtures per evaluation (deterministic)
     text_embeddings: str = ""  # '' = <train_uri>/_text_embeddings.parquet when it exists
     s3_endpoint: str = ""  # '' = AWS_ENDPOINT_URL(_S3) from the environment, else AWS
+    # A small data set is listed several times per streaming pass (each listing draws fresh
+    # random windows), so a pass holds at least this many rows: every pass restarts Ray
+    # Data's pipeline, and restarting every few dozen steps starves the workers.
+    min_rows_per_pass: int = 2048
 
 
 @dataclass

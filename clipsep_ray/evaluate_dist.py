@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
 import numpy as np
 
 from clipsep_ray.config import Config
@@ -204,17 +202,6 @@ def wants_ray(mode: str, data_uri: str, endpoint: str | None, threshold: int) ->
 
 
 def count_rows(data_uri: str, endpoint: str | None = None) -> int:
-    import pyarrow.parquet as pq
+    from clipsep_ray.data.shards import _paths_and_fs, count_rows as rows_in
 
-    total = 0
-    for f in schema.list_shards(data_uri, schema.endpoint_url(endpoint)):
-        fs, path = schema.url_to_fs(f, schema.endpoint_url(endpoint))
-        with fs.open(path, "rb") as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
-    return total
-
-
-def result_summary(summary: list[dict], data: dict[str, Any]) -> list[dict]:
-    for r in summary:
-        r["rows_skipped_unreadable"] = data.get("rows_skipped", 0)
-    return summary
+    return rows_in(*_paths_and_fs(data_uri, schema.endpoint_url(endpoint)))

@@ -287,6 +287,17 @@ def _paths_and_fs(uri, endpoint: str | None):
     return [schema.url_to_fs(f, endpoint)[1] for f in files], fs
 
 
+def count_rows(paths: list[str], fs) -> int:
+    """Rows in Parquet files on an fsspec filesystem (footers only, no data)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in paths:
+        with fs.open(path, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
 def split_shards(uri, val_fraction: float = 0.1, seed: int = 0, endpoint: str | None = None) -> tuple[list, list]:
     """Shard URIs -> (train, validation) lists, by a seeded hash of each shard's name (stable
     when shards are added)."""
@@ -299,7 +310,8 @@ def split_shards(uri, val_fraction: float = 0.1, seed: int = 0, endpoint: str | 
 
 def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats | None = None,
                      text_embeddings: str | None = None, endpoint: str | None = None,
-                     prep_batch_size: int | None = None, shuffle_files: bool = True, block_mb: float = 16):
+                     prep_batch_size: int | None = None, shuffle_files: bool = True, block_mb: float = 16,
+                     min_rows_per_pass: int = 0):
     """Shards (a folder/prefix, one file or a list of URIs) -> a lazy, streaming ``ray.data.Dataset``.
 
     Only the needed columns are read (not the JPEG frames); every row gets a fresh
@@ -311,12 +323,20 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     Parallelism: Ray 2.60 packs Parquet row groups into read tasks of about 128 MiB of the
     projected columns (env ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``), ~500 paper rows per
     task; a dataset smaller than (CPUs x 128 MiB) therefore runs on fewer cores.
+
+    ``min_rows_per_pass``: list the shards ``ceil(min_rows_per_pass / rows)`` times (rows
+    from the Parquet footers), so one iteration covers several epochs, each with fresh
+    random windows: a pass restarts the streaming pipeline, which costs ~1 s of idle
+    workers, too often for a data set of a few hundred clips.
     """
     import ray
     from ray.data import FileShuffleConfig
 
     endpoint = schema.endpoint_url(endpoint)
     paths, fs = _paths_and_fs(uri, endpoint)
+    if min_rows_per_pass > 0:
+        rows = count_rows(paths, fs)
+        paths = paths * max(1, math.ceil(min_rows_per_pass / max(1, rows)))
     columns = READ_COLUMNS + (["label"] if text_embeddings else [])
     ds = ray.data.read_parquet(paths, filesystem=fs,
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)

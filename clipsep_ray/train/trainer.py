@@ -85,7 +85,8 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     needs_text = cfg.train.mode != "image" or cfg.model.arch == "labelsep"
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
-                          text_embeddings=text_uri if needs_text else None)
+                          text_embeddings=text_uri if needs_text else None,
+                          min_rows_per_pass=cfg.data.min_rows_per_pass)
     val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 and val_src else None
     storage, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers
