@@ -8,7 +8,8 @@ time per variant and world (it may take an hour or more on 2 cores).
     python benchmarks/bench_quality.py --out bench-quality --steps 1500 \
         [--worlds clean noisy] [--variants clipsep clipsep-text clipsep-hybrid clipsep-nit labelsep pit]
 
-Writes OUT/results.json, OUT/results.md and one folder per run.
+Writes OUT/results.json, OUT/results.md and one folder per run; a run whose folder already
+holds results.json is reused, so an interrupted benchmark resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -61,17 +62,27 @@ def main(argv=None) -> list[dict]:
                                        f"run.name={name}", f"data.train_uri={data['train']}",
                                        f"data.val_uri={data['val']}", "data.val_clips=24"]
                               + VARIANTS[variant] + args.overrides)
+            done_file = os.path.join(out, name, "results.json")
             t0 = time.time()
-            summary = train(cfg)
-            ckpt = os.path.join(out, "checkpoints", name)
-            _copy_checkpoint(summary["best_checkpoint"] or summary["latest_checkpoint"], ckpt)
-            result = evaluate_checkpoint(ckpt, data["test"], os.path.join(out, name), train_data=world)
+            if os.path.exists(done_file):  # finished by an earlier, interrupted invocation: reuse it
+                with open(done_file) as fh:
+                    result = json.load(fh)
+                print(f"[bench] {name}: reusing {done_file}", flush=True)
+            else:
+                summary = train(cfg)
+                ckpt = os.path.join(out, "checkpoints", name)
+                _copy_checkpoint(summary["best_checkpoint"] or summary["latest_checkpoint"], ckpt)
+                result = evaluate_checkpoint(ckpt, data["test"], os.path.join(out, name), train_data=world)
+                for r in result:
+                    r["train_eval_s"] = round(time.time() - t0, 1)
+                with open(done_file, "w") as fh:
+                    json.dump(result, fh, indent=1)
             for r in result:
                 if r["method"] in ("mixture", "oracle-ibm", "oracle-irm"):
                     if bounds_done:
                         continue
                 else:
-                    r["variant"], r["train_s"] = variant, round(time.time() - t0, 1)
+                    r["variant"] = variant
                 rows.append(r)
             bounds_done = True
             with open(os.path.join(out, "results.json"), "w") as fh:

@@ -133,6 +133,12 @@ class DataConfig:
     # random windows), so a pass holds at least this many rows: every pass restarts Ray
     # Data's pipeline, and restarting every few dozen steps starves the workers.
     min_rows_per_pass: int = 2048
+    # Logical CPUs per row-preparation task: the work is light (one short FLAC window per row),
+    # and a whole CPU per task lets Ray Data run one task at a time beside the training workers.
+    prep_cpus: float = 0.25
+    # Shards up to this size (MiB, all listings) are read once into the object store; each pass
+    # then only re-cuts random windows from memory (0 = always stream from storage).
+    cache_mb: float = 512
 
 
 @dataclass

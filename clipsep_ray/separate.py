@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from clipsep_ray.audio.chunking import OverlapAdd, crossfade, num_windows
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import Config, InferenceConfig
-from clipsep_ray.models.clipsep import CLIPSep, LabelSep, PITSep
+from clipsep_ray.models.clipsep import LabelSep, PITSep
 from clipsep_ray.models.query import QueryError, QueryEncoder, check_queries
 
 RESIDUAL = "residual"

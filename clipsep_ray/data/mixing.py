@@ -1,18 +1,16 @@
 """On-the-fly mix-and-separate, on the training device (plain torch; no Ray).
 
-Training (:func:`mix_batch`): every row of a batch becomes the first source of one
+Every row of a batch becomes the first source of one
 mixture; the other N - 1 sources are other rows of the same batch (never the row itself,
 nor another row holding the same clip when ``clip_index`` is given). Each source gets a
 random gain U[gain_min, gain_max), is clipped to [-1, 1] and divided by N; the mixture is
 their sum. Query n belongs to source n.
 
-Evaluation (:func:`eval_mixtures`, :func:`eval_batch`): one mixture per target clip,
-the interference chosen deterministically from the clip's index, every source halved
-(divided by N), no gain, no clipping (REFERENCE.md, "Evaluation protocol").
+Evaluation mixtures (deterministic pairs, halved, no gain) are built by
+``clipsep_ray.evaluate`` (``eval_pairs``, ``score_mixtures``).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -98,30 +96,3 @@ def prepare_targets(frontend, sources: Tensor, mixture: Tensor, binary: bool = T
     targets = frontend.targets(src_mag, mix_mag, binary)
     weights = loss_weights(frontend.warp(mix_mag))
     return {"spec": spec, "mix_mag": mix_mag, "log_mag": log_mag, "targets": targets, "weights": weights}
-
-
-def eval_mixtures(n: int, seed: int = 0, num_sources: int = 2) -> np.ndarray:
-    """Deterministic (n, N) index table for evaluation: row i is [i, interferer(s) of i].
-
-    Interferers are other clips, drawn from a generator seeded by ``seed`` (the same
-    table for the same n and seed, on any machine); column 0 is the target clip i.
-    """
-    if n < num_sources:
-        raise ValueError(f"need at least {num_sources} clips to build evaluation mixtures, got {n}")
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, num_sources), np.int64)
-    out[:, 0] = np.arange(n)
-    for i in range(n):
-        # distinct offsets in [1, n) -> distinct clips that are not i
-        offs = rng.choice(np.arange(1, n), size=num_sources - 1, replace=False)
-        out[i, 1:] = (i + offs) % n
-    return out
-
-
-def eval_batch(audio: Tensor, queries: Tensor, pairs) -> dict[str, Tensor]:
-    """Evaluation mixtures: sources (M, N, T) = audio[pairs] / N (no gain, no clipping),
-    mixture (M, T), queries (M, N, D). ``pairs``: (M, N) indices, e.g. rows of :func:`eval_mixtures`."""
-    idx = torch.as_tensor(np.asarray(pairs), dtype=torch.long, device=audio.device)
-    n = idx.shape[1]
-    sources = audio[idx].float() / n
-    return {"sources": sources, "mixture": sources.sum(dim=1), "queries": queries[idx], "index": idx}

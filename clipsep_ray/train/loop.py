@@ -9,7 +9,6 @@ Variants: ``model.arch`` clipsep (``train.mode`` image | text | hybrid; ``model.
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -233,7 +232,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     window = {"t0": time.perf_counter(), "wait": 0.0, "n": 0, "loss": 0.0}
     while step < tc.max_steps:
         batches = shard.iter_torch_batches(batch_size=per_worker, local_shuffle_buffer_size=tc.shuffle_buffer or None,
-                                           drop_last=True, device=device, prefetch_batches=4)
+                                           drop_last=True, device=device, prefetch_batches=16)
         it = iter(batches)
         epoch_start = step
         while step < tc.max_steps:

@@ -86,7 +86,8 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
                           text_embeddings=text_uri if needs_text else None,
-                          min_rows_per_pass=cfg.data.min_rows_per_pass)
+                          min_rows_per_pass=cfg.data.min_rows_per_pass, prep_cpus=cfg.data.prep_cpus,
+                          cache_mb=cfg.data.cache_mb)
     val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 and val_src else None
     storage, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers

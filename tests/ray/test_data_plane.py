@@ -255,6 +255,18 @@ def test_streaming_rows_and_mixtures(embedded, cfg):
     assert (mixed["index"][:, 0] != mixed["index"][:, 1]).all()
 
 
+def test_small_data_set_is_listed_several_times_per_pass(embedded, cfg):
+    out, _, _ = embedded
+    ds = training_dataset(out, cfg, split_seed=0, min_rows_per_pass=2 * N_CLIPS + 1)  # -> 3 listings
+    rows = ds.take_all()
+    assert len(rows) == 3 * N_CLIPS
+    counts: dict[int, int] = {}
+    for r in rows:
+        counts[int(r["clip_index"])] = counts.get(int(r["clip_index"]), 0) + 1
+    assert len(counts) == N_CLIPS and set(counts.values()) == {3}  # every clip once per listing
+    assert len(training_dataset(out, cfg, split_seed=0, min_rows_per_pass=N_CLIPS).take_all()) == N_CLIPS
+
+
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
     out, _, _ = embedded
     table = _rows(out)

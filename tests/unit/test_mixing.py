@@ -1,13 +1,12 @@
 """On-device mixing (clipsep_ray.data.mixing): plain torch, no Ray."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import MixingConfig, load_config
-from clipsep_ray.data.mixing import eval_batch, eval_mixtures, mix_batch, prepare_targets
+from clipsep_ray.data.mixing import mix_batch, prepare_targets
 
 
 def _batch(b=8, t=4096, d=16, seed=0):
@@ -71,28 +70,6 @@ def test_batch_smaller_than_sources_is_an_error():
     audio, queries = _batch(b=1)
     with pytest.raises(ValueError, match="num_sources"):
         mix_batch(audio, queries, MixingConfig(), torch.Generator().manual_seed(0))
-
-
-def test_eval_pairs_are_deterministic_and_never_self():
-    p1, p2 = eval_mixtures(50, seed=1), eval_mixtures(50, seed=1)
-    assert np.array_equal(p1, p2)
-    assert np.array_equal(p1[:, 0], np.arange(50))
-    assert (p1[:, 1] != p1[:, 0]).all() and (p1 >= 0).all() and (p1 < 50).all()
-    assert not np.array_equal(p1, eval_mixtures(50, seed=2))
-    p3 = eval_mixtures(10, seed=0, num_sources=3)
-    assert all(len(set(r)) == 3 for r in p3.tolist())
-    with pytest.raises(ValueError):
-        eval_mixtures(1)
-
-
-def test_eval_batch_halves_sources_without_gain():
-    audio, queries = _batch(b=5)
-    pairs = eval_mixtures(5, seed=0)
-    out = eval_batch(audio, queries, pairs)
-    torch.testing.assert_close(out["sources"][:, 0], audio / 2)
-    torch.testing.assert_close(out["sources"][:, 1], audio[torch.as_tensor(pairs[:, 1])] / 2)
-    torch.testing.assert_close(out["mixture"], out["sources"].sum(1))
-    torch.testing.assert_close(out["queries"][:, 1], queries[torch.as_tensor(pairs[:, 1])])
 
 
 def test_prepare_targets_shapes_and_weights():
