@@ -51,8 +51,12 @@ def main(argv=None) -> list[dict]:
     store = os.path.join(out, "store")
     rows: list[dict] = []
     bounds_done = False
+    test_uri = None
     for world in args.worlds:
         data = prepare_world(out, store, split=world, clips=args.clips, test_clips=args.test_clips, seed=args.seed)
+        # Every variant is scored on the same test mixtures: the first world's test set (its
+        # clips are clean in both worlds; only the training clips of the noisy world are noisy).
+        test_uri = test_uri or data["test"]
         for variant in args.variants:
             name = f"{world}-{variant}"
             cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}",
@@ -72,7 +76,7 @@ def main(argv=None) -> list[dict]:
                 summary = train(cfg)
                 ckpt = os.path.join(out, "checkpoints", name)
                 _copy_checkpoint(summary["best_checkpoint"] or summary["latest_checkpoint"], ckpt)
-                result = evaluate_checkpoint(ckpt, data["test"], os.path.join(out, name), train_data=world)
+                result = evaluate_checkpoint(ckpt, test_uri, os.path.join(out, name), train_data=world)
                 for r in result:
                     r["train_eval_s"] = round(time.time() - t0, 1)
                 with open(done_file, "w") as fh:

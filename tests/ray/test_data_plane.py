@@ -267,6 +267,18 @@ def test_small_data_set_is_listed_several_times_per_pass(embedded, cfg):
     assert len(training_dataset(out, cfg, split_seed=0, min_rows_per_pass=N_CLIPS).take_all()) == N_CLIPS
 
 
+def test_small_data_set_is_cached_and_every_pass_prepares_all_rows(embedded, cfg):
+    out, _, _ = embedded
+    stats = PrepStats()
+    ds = training_dataset(out, cfg, split_seed=0, stats=stats, cache_mb=64)
+    first = [int(r["clip_index"]) for r in ds.iter_rows()]
+    second = [int(r["clip_index"]) for r in ds.iter_rows()]  # a second pass re-runs the preparation
+    assert sorted(first) == sorted(second) and len(set(first)) == N_CLIPS
+    assert stats.snapshot()["rows_ok"] == 2 * N_CLIPS
+    streamed = training_dataset(out, cfg, split_seed=0, cache_mb=1e-6)  # too big for the cache: streams
+    assert sorted(int(r["clip_index"]) for r in streamed.iter_rows()) == sorted(first)
+
+
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
     out, _, _ = embedded
     table = _rows(out)
