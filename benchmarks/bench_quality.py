@@ -33,6 +33,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default="bench-quality")
     p.add_argument("--worlds", nargs="+", default=["clean", "noisy"], choices=["clean", "noisy"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--noisy-variants", nargs="+", default=None, choices=list(VARIANTS),
+                   help="variants trained on the noisy world (default: --variants)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--clips", type=int, default=360)
     p.add_argument("--test-clips", type=int, default=60)
@@ -57,7 +59,7 @@ def main(argv=None) -> list[dict]:
         # Every variant is scored on the same test mixtures: the first world's test set (its
         # clips are clean in both worlds; only the training clips of the noisy world are noisy).
         test_uri = test_uri or data["test"]
-        for variant in args.variants:
+        for variant in (args.noisy_variants or args.variants) if world == "noisy" else args.variants:
             name = f"{world}-{variant}"
             cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}",
                                        f"train.max_steps={args.steps}", f"train.decay_steps={args.steps}",

@@ -299,8 +299,7 @@ def count_rows(paths: list[str], fs) -> int:
 
 
 def _total_bytes(paths: list[str], fs) -> int:
-    sizes = {p: fs.size(p) for p in set(paths)}
-    return sum(sizes[p] for p in paths)
+    return sum(fs.size(p) for p in paths)
 
 
 def split_shards(uri, val_fraction: float = 0.1, seed: int = 0, endpoint: str | None = None) -> tuple[list, list]:
@@ -339,15 +338,19 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
 
     endpoint = schema.endpoint_url(endpoint)
     paths, fs = _paths_and_fs(uri, endpoint)
-    if min_rows_per_pass > 0:
-        rows = count_rows(paths, fs)
-        paths = paths * max(1, math.ceil(min_rows_per_pass / max(1, rows)))
+    # Listings per pass (Ray Data reads a path given twice only once: repeat by union).
+    listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) if min_rows_per_pass > 0 else 1
     columns = READ_COLUMNS + (["label"] if text_embeddings else [])
     ds = ray.data.read_parquet(paths, filesystem=fs,
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)
     ds = ds.select_columns(columns)  # pushed down into the Parquet read: JPEG frames are never read
-    if cache_mb > 0 and _total_bytes(paths, fs) <= cache_mb * (1 << 20):
-        ds = ds.materialize().randomize_block_order()
+    cached = cache_mb > 0 and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
+    if cached:
+        ds = ds.materialize()  # the raw columns, once; the copies below share its blocks
+    if listings > 1:
+        ds = ds.union(*[ds] * (listings - 1))
+    if cached:
+        ds = ds.randomize_block_order()
     ds = ds.map_batches(_prep_batch, batch_format="pyarrow", batch_size=prep_batch_size,
                         fn_kwargs={"cfg": cfg, "mode": "train", "seed": int(split_seed), "stats": stats,
                                    "text_uri": text_embeddings, "endpoint": endpoint}, num_cpus=prep_cpus)

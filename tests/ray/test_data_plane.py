@@ -264,6 +264,8 @@ def test_small_data_set_is_listed_several_times_per_pass(embedded, cfg):
     for r in rows:
         counts[int(r["clip_index"])] = counts.get(int(r["clip_index"]), 0) + 1
     assert len(counts) == N_CLIPS and set(counts.values()) == {3}  # every clip once per listing
+    cached = training_dataset(out, cfg, split_seed=0, min_rows_per_pass=2 * N_CLIPS + 1, cache_mb=64).take_all()
+    assert sorted(int(r["clip_index"]) for r in cached) == sorted(int(r["clip_index"]) for r in rows)
     assert len(training_dataset(out, cfg, split_seed=0, min_rows_per_pass=N_CLIPS).take_all()) == N_CLIPS
 
 
