@@ -244,7 +244,7 @@ def evaluate_checkpoint(checkpoint: str, data_uri: str, out_dir: str | None = No
 
     text_uri = text_embeddings or schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
     text_uri = text_uri if schema.exists(text_uri) else None
-    if wants_ray(engine, data_uri, None, ray_threshold) or address:
+    if engine == "auto" and address or wants_ray(engine, data_uri, None, ray_threshold, limit):
         import ray
 
         if not ray.is_initialized():
@@ -287,7 +287,7 @@ def main_evaluate(argv: list[str] | None = None) -> list[dict]:
                         f"test shards hold at least --ray-threshold rows ({RAY_THRESHOLD})")
     p.add_argument("--ray-threshold", type=int, default=RAY_THRESHOLD)
     p.add_argument("--workers", type=int, default=2, help="scoring actors for --engine ray")
-    p.add_argument("--address", default=None, help="a running Ray cluster (implies --engine ray)")
+    p.add_argument("--address", default=None, help="a running Ray cluster (with --engine auto: evaluate there)")
     args = p.parse_args(argv)
     summary = evaluate_checkpoint(args.checkpoint, args.data, args.out, limit=args.limit, train_data=args.train_data,
                                   device=args.device, engine=args.engine, workers=args.workers, address=args.address,

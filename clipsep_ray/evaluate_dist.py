@@ -22,6 +22,7 @@ all in the driver.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import numpy as np
 
@@ -33,10 +34,17 @@ log = logging.getLogger(__name__)
 META_COLUMNS = ("clip_id", "label")
 
 
-def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | None, stats) -> dict:
-    """pyarrow shard rows -> prepared evaluation rows (numeric columns + clip_id, label)."""
+def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | None, stats, allowed=None) -> dict:
+    """pyarrow shard rows -> prepared evaluation rows (numeric columns + clip_id, label).
+    ``allowed`` (a set of clip ids, or its object ref): rows outside it are dropped unread."""
+    import pyarrow as pa
+
     from clipsep_ray.data.shards import RowPrep, _cached_text
 
+    if allowed is not None:
+        allowed = allowed if isinstance(allowed, (set, frozenset)) else _get(allowed)
+        mask = [c in allowed for c in batch.column("clip_id").to_pylist()]
+        batch = batch.filter(pa.array(mask, pa.bool_()))
     prep = RowPrep.from_config(cfg, _cached_text(text_uri, True, endpoint) if text_uri else None)
     out, failures = prep.prepare(batch, "eval")
     for clip, source, reason in failures[:5]:
@@ -84,7 +92,8 @@ def _get(ref):
 
     key = ref.hex()
     if key not in _broadcast:
-        _broadcast.clear()
+        if len(_broadcast) >= 4:
+            _broadcast.clear()
         _broadcast[key] = ray.get(ref)
     return _broadcast[key]
 
@@ -141,20 +150,22 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
         uri = schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
         text_embeddings = uri if schema.exists(uri, endpoint) else None
     paths, fs = _paths_and_fs(data_uri, endpoint)
+    every = sorted(c for f in schema.list_shards(data_uri, endpoint)
+                   for c in schema.read_shard(f, ["clip_id"], endpoint).column("clip_id").to_pylist())
+    dupes = sorted({c for a, c in zip(every, every[1:]) if a == c})
+    if dupes:
+        raise ValueError(f"{data_uri}: clip ids are not unique ({len(dupes)} repeated, e.g. {dupes[0]!r}); "
+                         "each test clip must appear once")
+    # As the local path: the first `limit` clip ids of ALL rows, then those that are readable.
+    allowed_ref = ray.put(set(every[:limit])) if limit is not None else None
     stats = PrepStats()
     columns = READ_COLUMNS + ["label"]
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     prepared = ds.map_batches(_prep_eval_batch, batch_format="pyarrow",
                               fn_kwargs={"cfg": cfg, "text_uri": text_embeddings, "endpoint": endpoint,
-                                         "stats": stats}).materialize()
+                                         "stats": stats, "allowed": allowed_ref}).materialize()
     meta = prepared.select_columns(list(META_COLUMNS)).take_all()
     meta.sort(key=lambda r: r["clip_id"])
-    if limit is not None:
-        # As the local path: the first `limit` clip ids of ALL rows, then those that were readable.
-        every = sorted(c for f in schema.list_shards(data_uri, endpoint)
-                       for c in schema.read_shard(f, ["clip_id"], endpoint).column("clip_id").to_pylist())
-        allowed = set(every[:limit])
-        meta = [r for r in meta if r["clip_id"] in allowed]
     n = len(meta)
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 clips, {data_uri} gave {n}")
@@ -171,11 +182,16 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
     # Sort-based grouping (this pipeline's context only): no hash-shuffle actors competing
     # with the scoring actors for a small cluster's CPUs.
     pairs_ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # The actor pool starts with the pipeline: leave a CPU to the sort's tasks, or they never run.
+    cpus = int(ray.available_resources().get("CPU", 1))
+    actors, actor_cpus = max(1, min(workers, cpus - 1)), (1 if cpus >= 2 else 0)
+    if "://" not in checkpoint:
+        checkpoint = os.path.abspath(checkpoint)  # the actors may run in another working directory
     scored = pairs_ds.groupby("key").map_groups(
         _Scorer, batch_format="numpy", fn_constructor_kwargs={"checkpoint": checkpoint, "bounds": bounds,
                                                              "device": device},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
-        num_gpus=1 if device.startswith("cuda") else 0, num_cpus=1)
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        num_gpus=1 if device.startswith("cuda") else 0, num_cpus=actor_cpus)
     records = []
     for r in scored.iter_rows():
         rec = dict(r)
@@ -191,14 +207,15 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
     return summary, per_clip, data
 
 
-def wants_ray(mode: str, data_uri: str, endpoint: str | None, threshold: int) -> bool:
+def wants_ray(mode: str, data_uri: str, endpoint: str | None, threshold: int, limit: int | None = None) -> bool:
     """``mode``: "ray" / "local" force the path; "auto" uses Ray Data when the shards hold at
-    least ``threshold`` rows (read from the Parquet footers, no data)."""
+    least ``threshold`` rows (read from the Parquet footers, no data), ``limit`` counted."""
     if mode in ("ray", "local"):
         return mode == "ray"
     if mode != "auto":
         raise ValueError(f"--engine must be auto, local or ray, not {mode!r}")
-    return count_rows(data_uri, endpoint) >= threshold
+    rows = count_rows(data_uri, endpoint)
+    return (rows if limit is None else min(rows, limit)) >= threshold
 
 
 def count_rows(data_uri: str, endpoint: str | None = None) -> int:

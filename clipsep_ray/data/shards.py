@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 READ_COLUMNS = ["clip_id", "source_uri", "audio", "sample_rate", "num_samples", "fps", "image_embeddings",
                 "embedding_model"]
+SMALL_SET_FILES = 256  # shard sets up to this many files may be repeated per pass or cached
 NUMERIC_COLUMNS = ("audio", "query", "clip_index", "text_query", "label_id")
 _calls = itertools.count()  # per-process: successive epochs draw different centres
 
@@ -338,13 +339,16 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
 
     endpoint = schema.endpoint_url(endpoint)
     paths, fs = _paths_and_fs(uri, endpoint)
-    # Listings per pass (Ray Data reads a path given twice only once: repeat by union).
-    listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) if min_rows_per_pass > 0 else 1
+    # Listings per pass (Ray Data reads a path given twice only once: repeat by union). Only
+    # small sets are inspected: each footer or size is one request, and many shards mean many rows.
+    small = len(paths) <= SMALL_SET_FILES
+    listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) \
+        if min_rows_per_pass > 0 and small else 1
     columns = READ_COLUMNS + (["label"] if text_embeddings else [])
     ds = ray.data.read_parquet(paths, filesystem=fs,
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)
     ds = ds.select_columns(columns)  # pushed down into the Parquet read: JPEG frames are never read
-    cached = cache_mb > 0 and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
+    cached = cache_mb > 0 and small and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
     if cached:
         ds = ds.materialize()  # the raw columns, once; the copies below share its blocks
     if listings > 1:

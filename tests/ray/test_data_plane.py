@@ -269,16 +269,23 @@ def test_small_data_set_is_listed_several_times_per_pass(embedded, cfg):
     assert len(training_dataset(out, cfg, split_seed=0, min_rows_per_pass=N_CLIPS).take_all()) == N_CLIPS
 
 
-def test_small_data_set_is_cached_and_every_pass_prepares_all_rows(embedded, cfg):
+def test_small_data_set_is_cached_and_every_pass_prepares_all_rows(embedded, cfg, tmp_path):
+    import shutil
+
     out, _, _ = embedded
+    copy = tmp_path / "shards"
+    shutil.copytree(out, copy)
     stats = PrepStats()
-    ds = training_dataset(out, cfg, split_seed=0, stats=stats, cache_mb=64)
+    ds = training_dataset(str(copy), cfg, split_seed=0, stats=stats, cache_mb=64)
+    streamed = training_dataset(str(copy), cfg, split_seed=0, cache_mb=1e-6)  # too big for the cache
     first = [int(r["clip_index"]) for r in ds.iter_rows()]
+    assert sorted(int(r["clip_index"]) for r in streamed.iter_rows()) == sorted(first)
+    shutil.rmtree(copy)  # the cached pass no longer needs the files; the streamed one does
     second = [int(r["clip_index"]) for r in ds.iter_rows()]  # a second pass re-runs the preparation
     assert sorted(first) == sorted(second) and len(set(first)) == N_CLIPS
     assert stats.snapshot()["rows_ok"] == 2 * N_CLIPS
-    streamed = training_dataset(out, cfg, split_seed=0, cache_mb=1e-6)  # too big for the cache: streams
-    assert sorted(int(r["clip_index"]) for r in streamed.iter_rows()) == sorted(first)
+    with pytest.raises(Exception):
+        streamed.take_all()
 
 
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
