@@ -99,7 +99,7 @@ def _get(ref):
 
 
 class _Scorer:
-    """Actor: loads the checkpoint once, scores batches of aligned (target, interference) rows."""
+    """Actor: loads the checkpoint once, then scores one (target, interference) group per call."""
 
     def __init__(self, checkpoint: str, bounds: bool, device: str):
         from clipsep_ray.models.checkpoint import load_checkpoint

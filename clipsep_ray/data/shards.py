@@ -329,10 +329,10 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     projected columns (env ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``), ~500 paper rows per
     task; a dataset smaller than (CPUs x 128 MiB) therefore runs on fewer cores.
 
-    ``min_rows_per_pass``: list the shards ``ceil(min_rows_per_pass / rows)`` times (rows
-    from the Parquet footers), so one iteration covers several epochs, each with fresh
-    random windows: a pass restarts the streaming pipeline, which costs ~1 s of idle
-    workers, too often for a data set of a few hundred clips.
+    ``min_rows_per_pass``: repeat a small set (at most ``SMALL_SET_FILES`` files) by ``union``
+    ``ceil(min_rows_per_pass / rows)`` times (rows from the Parquet footers), so one iteration
+    covers several epochs, each with fresh random windows: a pass restarts the streaming
+    pipeline, too often for a data set of a few hundred clips.
     """
     import ray
     from ray.data import FileShuffleConfig
