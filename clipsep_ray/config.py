@@ -111,7 +111,7 @@ class TrainConfig:
     noise_reg_gamma: float = 0.25
     num_workers: int = 1
     use_gpu: bool = False
-    precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast where the hardware has it: GPU, or CPU with avx512_bf16/AMX) | fp32 | bf16
     checkpoint_every: int = 5000
     val_every: int = 5000
     log_every: int = 50

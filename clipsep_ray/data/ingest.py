@@ -90,9 +90,12 @@ def _resolve_relative(base_dir_uri: str, path: str) -> str:
 
 
 def read_index(index_uri: str, endpoint: str | None = None) -> list[dict]:
-    """An index CSV (header with ``path`` and optionally ``label``) -> [{path, label}].
+    """An index CSV (header with ``path``, optionally ``label`` and ``clip_id``) -> [{path, label, id_key}].
 
-    Relative paths are resolved against the CSV's own folder.
+    Relative paths are resolved against the CSV's own folder. A ``clip_id`` column names
+    each video independently of where it is stored: clip ids are then derived from it
+    instead of the file's URI, so the same data set ingested from another folder or bucket
+    gets the same clip ids (and the same evaluation pairs). Ids must be unique.
     """
     index_uri = schema.normalize_uri(index_uri)
     text = schema.read_bytes(index_uri, endpoint).decode("utf-8-sig")
@@ -100,13 +103,18 @@ def read_index(index_uri: str, endpoint: str | None = None) -> list[dict]:
     if not reader.fieldnames or "path" not in reader.fieldnames:
         raise IngestError(f"index {index_uri}: needs a header with a 'path' column, got {reader.fieldnames}")
     base = index_uri.rsplit("/", 1)[0]
-    out = []
+    out, seen_ids = [], {}
     for i, row in enumerate(reader, start=2):
         path = (row.get("path") or "").strip()
         if not path:
             raise IngestError(f"index {index_uri}, line {i}: empty path")
         label = (row.get("label") or "").strip() or None
-        out.append({"path": _resolve_relative(base, path), "label": label})
+        id_key = (row.get("clip_id") or "").strip() or None
+        if id_key is not None:
+            if id_key in seen_ids:
+                raise IngestError(f"index {index_uri}, line {i}: clip_id '{id_key}' repeats line {seen_ids[id_key]}")
+            seen_ids[id_key] = i
+        out.append({"path": _resolve_relative(base, path), "label": label, "id_key": id_key})
     return out
 
 
@@ -239,7 +247,8 @@ def _decode_frames(container, targets: list[float], opts: IngestOptions) -> tupl
     return out, end
 
 
-def extract_clips(local_path: str, source_uri: str, label: str | None, opts: IngestOptions) -> tuple[list[dict], float]:
+def extract_clips(local_path: str, source_uri: str, label: str | None, opts: IngestOptions,
+                  id_key: str | None = None) -> tuple[list[dict], float]:
     """Decode one video into shard rows; raise :class:`Reject` with a readable reason.
 
     Returns (rows, decoded_seconds).
@@ -283,7 +292,7 @@ def extract_clips(local_path: str, source_uri: str, label: str | None, opts: Ing
         a0 = int(round(s * opts.sample_rate))
         seg = audio[a0: a0 + int(round(length * opts.sample_rate))]
         rows.append({
-            "clip_id": schema.clip_id(source_uri, s), "source_uri": source_uri, "start_s": float(s),
+            "clip_id": schema.clip_id(id_key or source_uri, s), "source_uri": source_uri, "start_s": float(s),
             "audio": schema.encode_audio(seg, opts.sample_rate), "sample_rate": opts.sample_rate,
             "num_samples": len(seg), "frames": frames, "fps": fps, "label": label,
             "image_embeddings": None, "embedding_model": None,
@@ -300,7 +309,7 @@ def _ingest_file(f: dict, opts: IngestOptions, endpoint: str | None, tmpdir: str
     if "://" not in uri:
         if not os.path.exists(uri):
             raise Reject("not found")
-        return extract_clips(uri, uri, f["label"], opts)
+        return extract_clips(uri, uri, f["label"], opts, f.get("id_key"))
     fs, path = schema.url_to_fs(uri, endpoint)
     local = os.path.join(tmpdir, "input" + os.path.splitext(path)[1])
     try:
@@ -310,7 +319,7 @@ def _ingest_file(f: dict, opts: IngestOptions, endpoint: str | None, tmpdir: str
     except Exception as exc:
         raise Reject(f"cannot download: {type(exc).__name__}: {exc}") from None
     try:
-        return extract_clips(local, uri, f["label"], opts)
+        return extract_clips(local, uri, f["label"], opts, f.get("id_key"))
     finally:
         os.remove(local)
 

@@ -63,7 +63,11 @@ class ShardError(ValueError):
 
 # -- identifiers ---------------------------------------------------------------------
 def clip_id(source_uri: str, start_s: float) -> str:
-    """Stable id of the clip starting at ``start_s`` (ms precision) in ``source_uri``."""
+    """Stable id of the clip starting at ``start_s`` (ms precision) in ``source_uri``.
+
+    ``source_uri`` is the video's URI, or the ``clip_id`` an index CSV gives it (which keeps
+    ids the same wherever the data set is stored).
+    """
     return hashlib.sha1(f"{source_uri}#{start_s:.3f}".encode("utf-8")).hexdigest()
 
 

@@ -85,7 +85,12 @@ class ClipSpec:
     warmup: int = 40
     shift: int = 4  # augmentation: random translation of up to +-shift pixels
     picture_size: int = 224  # pictures are rendered as video frames are, then preprocessed
+    precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU has it (1.6x faster here) | fp32 | bf16
     version: int = CLIP_VERSION
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 def world_picture(label: str, rng, size: int = 224, jpeg_p: float = 0.5):
@@ -211,6 +216,9 @@ def _train_clip(spec: ClipSpec, out_dir, log, return_model: bool):
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     model = model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU
+    from clipsep_ray.separate import autocast_dtype
+
+    amp = autocast_dtype(spec.precision, torch.device("cpu"))  # weights and optimiser stay fp32
     pad = spec.shift
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate") if pad else images
     model.train()
@@ -222,8 +230,10 @@ def _train_clip(spec: ClipSpec, out_dir, log, return_model: bool):
         y = labels[idx]
         tmpl = torch.randint(len(CAPTION_TEMPLATES), (len(CLASSES),), generator=gen)
         batch = _shifted(padded, idx, pad, gen).contiguous(memory_format=torch.channels_last)
-        img_f = F.normalize(model.encode_image(batch), dim=-1)
-        txt_f = F.normalize(model.encode_text(captions[tmpl, torch.arange(len(CLASSES))]), dim=-1)
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            img_f = model.encode_image(batch)
+            txt_f = model.encode_text(captions[tmpl, torch.arange(len(CLASSES))])
+        img_f, txt_f = F.normalize(img_f.float(), dim=-1), F.normalize(txt_f.float(), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img_f @ txt_f.T  # (B, classes)
         pos = (y[:, None] == torch.arange(len(CLASSES))[None, :]).float()
         present = pos.sum(0) > 0  # captions without a picture in the batch only act as negatives
@@ -257,7 +267,7 @@ def _train_clip(spec: ClipSpec, out_dir, log, return_model: bool):
         "heldout_pictures": len(held_images), "train_pictures": len(images),
         "data_seconds": round(t_data, 1), "train_seconds": round(t_train, 1),
         "total_seconds": round(time.time() - t0, 1), "final_loss": loss_ema,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "autocast": str(amp).replace("torch.", "") if amp else "fp32",
     }
     (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2))
     log(f"synth-clip: zero-shot accuracy {acc:.4f} (ensemble {acc_ens:.4f}) on {len(held_images)} "

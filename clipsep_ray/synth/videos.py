@@ -40,13 +40,13 @@ import numpy as np
 from clipsep_ray.synth.world import CLASSES, SAMPLE_RATE, class_rng, make_scene, render_noise, render_sound
 
 #: Bump when generators change in a way that changes outputs (invalidates caches).
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: room tone under every clip
 SUBSETS = ("train", "val", "test")
 INDEX_COLUMNS = ["path", "label", "subset", "clip_id", "duration_s", "n_frames", "fps", "sample_rate",
                  "offscreen_label", "offscreen_snr_db", "noise_snr_db"]
 
 # stream keys for class_rng(seed, subset, index, KEY)
-_K_LABELS, _K_LEN, _K_SOUND, _K_PICTURE, _K_OFF, _K_NOISE, _K_OFF_SOUND = range(7)
+_K_LABELS, _K_LEN, _K_SOUND, _K_PICTURE, _K_OFF, _K_NOISE, _K_OFF_SOUND, _K_ROOM = range(8)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class WorldSpec:
     max_seconds: float = 10.0
     offscreen_snr_db: tuple[float, float] = (-2.0, 8.0)
     noise_snr_db: tuple[float, float] = (10.0, 30.0)
+    room_tone_db: tuple[float, float] = (30.0, 45.0)  # on-screen source RMS over room-tone RMS, every clip
     codec: str = "mpeg4"             # mpeg4 (byte-deterministic) | libx264 (see write_mp4)
     version: int = field(default=WORLD_VERSION)
 
@@ -85,7 +86,8 @@ class WorldSpec:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["offscreen_snr_db"], d["noise_snr_db"] = list(self.offscreen_snr_db), list(self.noise_snr_db)
+        for key in ("offscreen_snr_db", "noise_snr_db", "room_tone_db"):
+            d[key] = list(d[key])
         return d
 
 
@@ -116,10 +118,21 @@ def clip_plan(spec: WorldSpec, subset: str, index: int) -> dict:
 
 
 def clip_audio(spec: WorldSpec, row: dict, index: int) -> dict[str, np.ndarray]:
-    """Audio of a clip: {'mixture', 'onscreen'} (+ 'offscreen', 'noise' when noisy); float32 (n,)."""
+    """Audio of a clip: {'mixture', 'onscreen'} (+ 'offscreen', 'noise' when noisy); float32 (n,).
+
+    Every clip carries a faint room tone (coloured noise ``room_tone_db`` below the sound),
+    part of its on-screen audio, as every real recording has one. Without it the event
+    sounds (barks, chirps, ticks) sit in digital silence, two of them can be disjoint in
+    time, and the oracle masks then rebuild a source almost exactly: BSSEval SDRs of
+    70-146 dB that made the oracle mean a statistic of a handful of pairs.
+    """
     s = SUBSETS.index(row["subset"])
     seconds = row["duration_s"]
-    on = render_sound(row["label"], class_rng(spec.seed, s, index, _K_SOUND), seconds)
+    on = render_sound(row["label"], class_rng(spec.seed, s, index, _K_SOUND), seconds).astype(np.float64)
+    rng_room = class_rng(spec.seed, s, index, _K_ROOM)
+    room_db = float(rng_room.uniform(*spec.room_tone_db))
+    on = on + render_noise(rng_room, seconds).astype(np.float64) * np.sqrt(np.mean(on ** 2) / 10 ** (room_db / 10))
+    on = (on * min(1.0, 0.99 / np.abs(on).max())).astype(np.float32)
     out = {"onscreen": on}
     mix = on.astype(np.float64)
     if row["offscreen_label"]:

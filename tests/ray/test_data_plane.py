@@ -19,7 +19,7 @@ import torch
 from clipsep_ray.config import load_config
 from clipsep_ray.data import schema
 from clipsep_ray.data.embed import load_text_embeddings, main_embed
-from clipsep_ray.data.ingest import IngestOptions, ingest, main_ingest
+from clipsep_ray.data.ingest import IngestError, IngestOptions, ingest, main_ingest, read_index
 from clipsep_ray.data.mixing import mix_batch
 from clipsep_ray.data.shards import (PrepStats, RowPrep, eval_rows, iter_training_batches, split_shards,
                                      training_dataset)
@@ -199,6 +199,33 @@ def labelled_shards(ray_local, video_dir, tmp_path_factory):
     assert res["clips_written"] == N_CLIPS and res["errors"] == [
         {"path": str(video_dir / "missing.mp4"), "reason": "not found"}]
     return out
+
+
+def test_index_clip_ids_do_not_depend_on_where_the_videos_are(ray_local, video_dir, tmp_path):
+    """An index's clip_id column names the videos: a copy elsewhere ingests to the same clip ids."""
+    import shutil
+
+    copies = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(video_dir / "good_a.mp4", d / "one.mp4")
+        shutil.copy(video_dir / "sub" / "good_c.mov", d / "two.mov")
+        (d / "index.csv").write_text("path,label,clip_id\none.mp4,dog barking,vid-1\ntwo.mov,violin,vid-2\n")
+        out = str(tmp_path / f"out-{name}")
+        assert ingest("-", out, _opts(), index=str(d / "index.csv"))["clips_written"] == 4
+        copies.append(_rows(out))
+    ids = [sorted(t.column("clip_id").to_pylist()) for t in copies]
+    assert ids[0] == ids[1] and len(set(ids[0])) == 4
+    assert sorted(copies[0].column("source_uri").to_pylist()) != sorted(copies[1].column("source_uri").to_pylist())
+    assert schema.clip_id("vid-1", 0.0) in ids[0]
+
+
+def test_index_with_a_repeated_clip_id_is_refused(tmp_path):
+    index = tmp_path / "index.csv"
+    index.write_text("path,clip_id\na.mp4,x\nb.mp4,y\nc.mp4,x\n")
+    with pytest.raises(IngestError, match=r"line 4: clip_id 'x' repeats line 2"):
+        read_index(str(index))
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,27 @@ def test_noisy_audio_adds_offscreen_source_and_noise_to_the_clean_clip():
         videos.WorldSpec(split="dirty")
 
 
+def test_every_clip_has_a_room_tone_instead_of_digital_silence():
+    """Event sounds (barks, ticks) get a faint noise floor room_tone_db below them, as recordings do."""
+    spec = videos.WorldSpec(clips=2 * len(CLASSES), seed=5)
+    rows = [videos.clip_plan(spec, "train", i) for i in range(spec.clips)]
+    lo, hi = spec.room_tone_db
+    for i, row in enumerate(rows):
+        if row["label"] not in ("dog barking", "clock ticking"):
+            continue
+        on = videos.clip_audio(spec, row, i)["onscreen"].astype(np.float64)
+        dry = render_sound(row["label"], class_rng(spec.seed, 0, i, videos._K_SOUND), row["duration_s"])
+        dry = dry.astype(np.float64)
+        def still(x):  # 10 ms frames without any signal (the generators leave a tiny DC offset)
+            return x[: len(x) // 160 * 160].reshape(-1, 160).std(1) < 1e-7
+
+        assert still(dry).mean() > 0.05  # the generator alone leaves digital silence between events
+        floor = on - dry  # the clip minus its dry sound (peaks stay under 0.99: no rescaling)
+        ratio_db = 10 * np.log10(np.mean(dry ** 2) / np.mean(floor ** 2))
+        assert lo - 0.5 <= ratio_db <= hi + 0.5, (row["label"], ratio_db)
+        assert not still(on).any()
+
+
 # ----------------------------------------------------------------------------- MP4 + index
 @pytest.fixture(scope="module")
 def noisy_world(tmp_path_factory):
