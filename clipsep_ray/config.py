@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """A bad preset, field name or value; the message names the field."""
 
 
+#: REFERENCE.md, "Evaluation protocol": SDR over the first 65,280 samples at 16 kHz.
+PUBLISHED_EVAL_SAMPLES, PUBLISHED_SAMPLE_RATE = 65280, 16000
+
+
 @dataclass
 class AudioConfig:
     """Audio front end (REFERENCE.md, "Audio front end")."""
@@ -34,6 +38,15 @@ class AudioConfig:
     def num_frames(self) -> int:
         """STFT frames of one clip (centred STFT)."""
         return 1 + self.clip_samples // self.hop_length
+
+    @property
+    def eval_samples(self) -> int:
+        """Samples that evaluation scores: the published 65,280 samples at 16 kHz (4.08 s), at this rate.
+
+        A duration, not a sample count: a preset with shorter training windows or a lower
+        rate still scores 4.08 s per mixture (windowed inference covers it).
+        """
+        return int(round(PUBLISHED_EVAL_SAMPLES * self.sample_rate / PUBLISHED_SAMPLE_RATE))
 
     @property
     def freq_bins(self) -> int:

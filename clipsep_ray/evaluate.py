@@ -30,7 +30,6 @@ from clipsep_ray.metrics import evaluate_mixture, summarize
 from clipsep_ray.models.clipsep import LabelSep, PITSep
 from clipsep_ray.separate import separate
 
-EVAL_SAMPLES = 65280
 RAY_THRESHOLD = 2000  # test clips from which --engine auto evaluates on Ray Data
 
 
@@ -118,7 +117,7 @@ def score_mixtures(model, cfg: Config, targets: dict, interferers: dict, device=
     method = method_name(cfg)
     clip_ids = list(targets["clip_id"]) if targets.get("clip_id") is not None else list(range(m))
     labels = list(targets["label"]) if targets.get("label") is not None else [None] * m
-    n_eval = min(EVAL_SAMPLES, a_t.shape[1])
+    n_eval = min(cfg.audio.eval_samples, a_t.shape[1])
     records = []
 
     def record(name: str, query: str, i: int, r: dict) -> None:

@@ -45,7 +45,7 @@ def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | N
         allowed = allowed if isinstance(allowed, (set, frozenset)) else _get(allowed)
         mask = [c in allowed for c in batch.column("clip_id").to_pylist()]
         batch = batch.filter(pa.array(mask, pa.bool_()))
-    prep = RowPrep.from_config(cfg, _cached_text(text_uri, True, endpoint) if text_uri else None)
+    prep = RowPrep.from_config(cfg, _cached_text(text_uri, True, endpoint) if text_uri else None, "eval")
     out, failures = prep.prepare(batch, "eval")
     for clip, source, reason in failures[:5]:
         log.warning("skipping clip %s of %s: %s", clip, source, reason)

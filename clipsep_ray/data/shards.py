@@ -151,10 +151,12 @@ class RowPrep:
     labels: dict | None = field(default=None, repr=False)  # label -> label_id (sorted labels)
 
     @classmethod
-    def from_config(cls, cfg: Config, text: dict | None = None) -> "RowPrep":
+    def from_config(cls, cfg: Config, text: dict | None = None, mode: str = "train") -> "RowPrep":
+        """Training windows are ``audio.clip_samples``; evaluation windows (``mode="eval"``) are
+        at least ``audio.eval_samples`` long (the published 4.08 s)."""
         labels = {lab: i for i, lab in enumerate(sorted(text))} if text else None
-        return cls(cfg.audio.sample_rate, cfg.audio.clip_samples, cfg.query.frames_per_query, cfg.model.embed_dim,
-                   text, labels)
+        samples = cfg.audio.clip_samples if mode == "train" else max(cfg.audio.clip_samples, cfg.audio.eval_samples)
+        return cls(cfg.audio.sample_rate, samples, cfg.query.frames_per_query, cfg.model.embed_dim, text, labels)
 
     def window(self, data: bytes, sr_cell: int, centre_s: float, num_samples: int | None = None) -> np.ndarray:
         """FLAC cell -> (clip_samples,) float32 at ``sample_rate`` centred at ``centre_s``."""
@@ -268,7 +270,7 @@ def _cached_text(uri: str | None, ensemble: bool, endpoint: str | None):
 def _prep_batch(batch, cfg: Config, mode: str, seed: int, stats: PrepStats | None, text_uri: str | None,
                 endpoint: str | None):
     """Ray Data UDF: a pyarrow batch of shard rows -> numeric rows; failures go to ``stats``."""
-    prep = RowPrep.from_config(cfg, _cached_text(text_uri, False, endpoint))
+    prep = RowPrep.from_config(cfg, _cached_text(text_uri, False, endpoint), mode)
     ids = batch.column("clip_id").to_pylist()
     key = zlib.crc32("".join(ids[:4]).encode())
     rng = np.random.default_rng([seed, key, next(_calls)])
@@ -396,7 +398,7 @@ def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: st
     if limit is not None:
         table = table.slice(0, limit)
     text = _cached_text(text_embeddings, ensemble, endpoint) if text_embeddings else None
-    prep = RowPrep.from_config(cfg, text)
+    prep = RowPrep.from_config(cfg, text, "eval")
     out, failures = prep.prepare(table, "eval")
     bad = {f[0] for f in failures}
     kept = [i for i, c in enumerate(table.column("clip_id").to_pylist()) if c not in bad]
