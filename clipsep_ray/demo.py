@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
     p.add_argument("--clips", type=int, default=360, help="training videos in the synthetic world")
     p.add_argument("--test-clips", type=int, default=60, help="test (and validation) videos")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (global batch: the tiny preset's 32)")
+    p.add_argument("--steps", type=int, default=1800, help="training steps (global batch: the tiny preset's 32)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--clip-steps", type=int, default=None, help="small-CLIP training steps (default: its own)")
     p.add_argument("--clip-pictures", type=int, default=None,
@@ -68,6 +68,7 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}", f"train.max_steps={args.steps}",
                                f"train.decay_steps={args.steps}", f"train.num_workers={args.workers}",
                                f"train.seed={args.seed}", f"run.storage_path={store}/runs", "run.name=demo",
+                               f"train.checkpoint_every={max(1, args.steps // 6)}",
                                f"data.train_uri={data['train']}", f"data.val_uri={data['val']}",
                                "data.val_clips=24"] + list(args.overrides))
     counts = data["counts"]
