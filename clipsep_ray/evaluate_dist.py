@@ -39,7 +39,7 @@ def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | N
     ``allowed`` (a set of clip ids, or its object ref): rows outside it are dropped unread."""
     import pyarrow as pa
 
-    from clipsep_ray.data.shards import RowPrep, _cached_text
+    from clipsep_ray.data.shards import RowPrep, _cached_text, kept_columns
 
     if allowed is not None:
         allowed = allowed if isinstance(allowed, (set, frozenset)) else _get(allowed)
@@ -51,12 +51,9 @@ def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | N
         log.warning("skipping clip %s of %s: %s", clip, source, reason)
     if stats is not None:
         stats.add(len(out["clip_index"]), failures)
-    bad = {f[0] for f in failures}
-    ids = batch.column("clip_id").to_pylist()
-    labels = batch.column("label").to_pylist() if "label" in batch.column_names else [None] * len(ids)
-    kept = [i for i, c in enumerate(ids) if c not in bad]
-    out["clip_id"] = np.asarray([ids[i] for i in kept], dtype=object)
-    out["label"] = np.asarray(["" if labels[i] is None else labels[i] for i in kept], dtype=object)
+    meta = kept_columns(batch, failures, ("clip_id", "label"))
+    out["clip_id"] = np.asarray(meta["clip_id"], dtype=object)
+    out["label"] = np.asarray(["" if lab is None else lab for lab in meta["label"]], dtype=object)
     return out
 
 

@@ -375,6 +375,18 @@ def iter_training_batches(ds, batch_size: int, shuffle_buffer: int | None = None
                                  prefetch_batches=prefetch_batches)
 
 
+def kept_columns(table, failures, names) -> dict[str, list]:
+    """The ``names`` columns (None where absent) of the rows :meth:`RowPrep.prepare` kept, in order:
+    the rows whose clip id is not among ``failures``."""
+    bad = {f[0] for f in failures}
+    kept = [i for i, c in enumerate(table.column("clip_id").to_pylist()) if c not in bad]
+    out = {}
+    for name in names:
+        col = table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+        out[name] = [col[i] for i in kept]
+    return out
+
+
 def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: str | None = None,
               ensemble: bool = True, endpoint: str | None = None) -> dict:
     """Deterministic validation/test rows, read locally (no Ray): c = n // 2, no randomness.
@@ -400,11 +412,7 @@ def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: st
     text = _cached_text(text_embeddings, ensemble, endpoint) if text_embeddings else None
     prep = RowPrep.from_config(cfg, text, "eval")
     out, failures = prep.prepare(table, "eval")
-    bad = {f[0] for f in failures}
-    kept = [i for i, c in enumerate(table.column("clip_id").to_pylist()) if c not in bad]
-    for name in ("clip_id", "source_uri", "label"):
-        col = table.column(name).to_pylist()
-        out[name] = [col[i] for i in kept]
+    out.update(kept_columns(table, failures, ("clip_id", "source_uri", "label")))
     out["skipped"] = len(failures)
     out["failures"] = [{"clip_id": c, "source_uri": s, "reason": r} for c, s, r in failures]
     return out

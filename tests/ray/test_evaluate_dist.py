@@ -99,3 +99,17 @@ def test_limit_and_auto_engine(ray_local, test_set):
         assert dist[0]["rows_skipped_unreadable"] == local[0]["rows_skipped_unreadable"]
     assert local[0]["rows_skipped_unreadable"] == 1 and local[0]["n"] == 11
     assert not wants_ray("auto", base, None, 10, limit=6)  # --limit counts toward the threshold
+
+
+def test_repeated_clip_ids_are_refused_before_any_work(test_set):
+    """A test set holding a clip twice (e.g. a shard copied under a second name) is an error, not a
+    silently double-counted clip."""
+    from clipsep_ray.evaluate_dist import evaluate_distributed
+
+    base, ckpt = test_set
+    twice = base.rsplit("/", 1)[0] + "/twice"
+    data = schema.read_bytes(f"{base}/part-0.parquet")
+    for name in ("part-0.parquet", "copy-of-part-0.parquet"):
+        schema.write_bytes(f"{twice}/{name}", data)
+    with pytest.raises(ValueError, match=r"clip ids are not unique \(8 repeated"):
+        evaluate_distributed(ckpt, twice)
