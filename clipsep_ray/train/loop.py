@@ -219,7 +219,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             print(f"[train] resumed from step {step}", flush=True)
     frontend = SpectralFrontEnd.from_config(cfg.audio).to(device)
     # bf16 autocast on a GPU and on CPUs that multiply bf16 natively (1.5x faster steps on the
-    # 2-core box, same validation SDR: benchmarks/RESULTS.md); parameters and grads stay fp32.
+    # 2-core box, validation SDRi within 0.3 dB: benchmarks/RESULTS.md); parameters and grads stay fp32.
     amp = autocast_dtype(tc.precision, device)
     val: ValSet | None = loop_config.get("val")
     shard = ray.train.get_dataset_shard("train")
