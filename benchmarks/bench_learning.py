@@ -2,7 +2,7 @@
 
 Which settings learn fastest per second of CPU? This trains the ``tiny`` preset (or another)
 in-process, without Ray, on the rows of an embedded shard set held in memory (fresh random
-windows for every pass, as the Ray input does), with the same ``batch_loss``, optimiser and
+windows for every pass, as the Ray input does), with the same ``train_step``, optimiser and
 schedule as the training driver, and scores the validation clips every ``--eval-every`` steps
 with ``evaluate_rows`` (soft masks, fp32, the training prompt for text queries). It leaves out
 what the Ray run adds (data-plane tasks, DDP, checkpoints), so compare settings with it and
@@ -30,7 +30,7 @@ from clipsep_ray.data import schema
 from clipsep_ray.data.shards import READ_COLUMNS, RowPrep, eval_rows
 from clipsep_ray.evaluate import eval_pairs, evaluate_rows
 from clipsep_ray.models.clipsep import build_model
-from clipsep_ray.train.loop import batch_loss, make_optimizer
+from clipsep_ray.train.loop import make_optimizer, train_step
 
 
 def main(argv=None) -> list[dict]:
@@ -69,20 +69,14 @@ def main(argv=None) -> list[dict]:
         order = np.random.default_rng(step).permutation(len(rows["audio"]))
         for s in range(0, len(order) - batch_size + 1, batch_size):
             batch = {k: torch.as_tensor(v[order[s:s + batch_size]]) for k, v in rows.items()}
-            model.train()
-            loss, _ = batch_loss(model, frontend, batch, cfg, step, gen, amp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
+            metrics, _ = train_step(model, frontend, batch, cfg, step, gen, opt, sched, amp)
             step += 1
             if step % args.eval_every == 0 or step == args.steps:
                 train_s = time.perf_counter() - t0
                 model.eval()
                 summary, _ = evaluate_rows(model, cfg, val, pairs, bounds=step == args.steps)
                 point = {"step": step, "train_s": round(train_s, 1), "s_per_step": round(train_s / step, 3),
-                         "loss": round(loss.item(), 4), "overrides": args.overrides, "precision": args.precision,
+                         "loss": round(metrics["loss"], 4), "overrides": args.overrides, "precision": args.precision,
                          "val_clips": len(val["audio"]), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                          **{f"sdri_{r['query'] if r['method'] not in ('mixture', 'oracle-ibm', 'oracle-irm') else r['method']}":
                             round(r["sdri_mean"], 2) for r in summary}}

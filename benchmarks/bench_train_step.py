@@ -19,7 +19,7 @@ import torch
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import load_config
 from clipsep_ray.models.clipsep import build_model
-from clipsep_ray.train.loop import batch_loss, make_optimizer
+from clipsep_ray.train.loop import make_optimizer, train_step
 
 
 def main(argv=None) -> dict:
@@ -52,12 +52,7 @@ def main(argv=None) -> dict:
         torch.cuda.reset_peak_memory_stats()
 
     def step(i):
-        loss, _ = batch_loss(model, fe, batch, cfg, i, g, amp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        sched.step()
+        train_step(model, fe, batch, cfg, i, g, opt, sched, amp)
 
     for i in range(args.warmup):
         step(i)

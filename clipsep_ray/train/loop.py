@@ -100,6 +100,21 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     return loss, metrics
 
 
+def train_step(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Tensor], cfg: Config, step: int,
+               generator: torch.Generator, opt, sched, autocast: torch.dtype | None = None
+               ) -> tuple[dict[str, float], Tensor]:
+    """One optimisation step on one batch: loss, backward, grad-norm clipping, Adam, schedule.
+    Returns (metrics, gradient norm before clipping)."""
+    model.train()
+    loss, metrics = batch_loss(model, frontend, batch, cfg, step, generator, autocast)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    opt.step()
+    sched.step()
+    return metrics, grad_norm
+
+
 @dataclass
 class ValSet:
     """Deterministic validation mixtures: (M, T) clips at the model rate, their queries, and pairs.
@@ -247,13 +262,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                        f"too few clips for train.batch_size x workers") from None
                 break
             window["wait"] += time.perf_counter() - t_wait
-            model.train()
-            loss, metrics = batch_loss(model, frontend, batch, cfg, step, generator, amp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
+            metrics, grad_norm = train_step(model, frontend, batch, cfg, step, generator, opt, sched, amp)
             step += 1
             window["n"] += 1
             window["loss"] += metrics["loss"]
