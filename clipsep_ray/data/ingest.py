@@ -1,7 +1,7 @@
 """Video files -> Parquet shards (schema.SHARD_SCHEMA), as a Ray Data job.
 
 Flow: list the inputs (a local folder, an ``s3://`` prefix, one video, or an index CSV
-``path,label[,...]``) -> deterministic groups of files -> one Ray Data task per group
+``path[,label][,clip_id][,...]``) -> deterministic groups of files -> one Ray Data task per group
 decodes each file with PyAV (audio streamed and resampled to ``audio.sample_rate`` mono;
 one frame per second, short side 224 bicubic, centre crop 224x224, JPEG) -> clips of
 ``clip_seconds`` (a final remainder shorter than ``min_clip_seconds`` is dropped) ->
@@ -498,11 +498,13 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipsep-ray ingest", description="Video files -> Parquet clip shards (Ray Data).")
-    p.add_argument("input_uri", help="folder, s3:// prefix, one video, or an index CSV (path,label[,...]); "
+    p.add_argument("input_uri", help="folder, s3:// prefix, one video, or an index CSV (path[,label][,clip_id][,...]); "
                                      "'-' with --index")
     p.add_argument("output_uri", help="output folder / prefix for shards, _errors.parquet, _manifest.json")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. audio.sample_rate=16000")
-    p.add_argument("--index", help="CSV listing the videos (relative paths resolve against its folder)")
+    p.add_argument("--index", help="CSV listing the videos (relative paths resolve against its folder; an optional "
+                                    "clip_id column names each video, and clip ids then do not depend on where "
+                                    "the files are stored)")
     p.add_argument("--config", default="paper", help="preset name or YAML (sets audio.sample_rate, query.fps)")
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--min-clip-seconds", type=float, default=None, help="default: min(8, clip seconds)")
