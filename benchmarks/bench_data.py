@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from clipsep_ray.config import load_config  # noqa: E402
+from clipsep_ray import storage  # noqa: E402
 from clipsep_ray.data import schema  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def synthetic_rows(n: int, sr: int = 16000, seconds: int = 10, d: int = 512, see
 def write_shards(table: pa.Table, uri: str, rows_per_shard: int) -> int:
     total = 0
     for k, start in enumerate(range(0, table.num_rows, rows_per_shard)):
-        total += schema.write_shard(table.slice(start, rows_per_shard), schema.join_uri(uri, f"part-{k:04d}.parquet"))
+        total += schema.write_shard(table.slice(start, rows_per_shard), storage.join_uri(uri, f"part-{k:04d}.parquet"))
     return total
 
 

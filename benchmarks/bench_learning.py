@@ -29,7 +29,7 @@ from clipsep_ray.config import load_config
 from clipsep_ray.data import schema
 from clipsep_ray.data.shards import READ_COLUMNS, RowPrep, eval_rows
 from clipsep_ray.evaluate import BOUND_METHODS, eval_pairs, evaluate_rows
-from clipsep_ray.models.clipsep import build_model
+from clipsep_ray.models.registry import build_model
 from clipsep_ray.train.loop import make_optimizer, train_step
 
 

@@ -34,8 +34,9 @@ from clipsep_ray.audio.chunking import frame
 from clipsep_ray.config import load_config
 from clipsep_ray.metrics import bss_eval
 from clipsep_ray.models.checkpoint import load_checkpoint, save_checkpoint
-from clipsep_ray.models.clipsep import build_model
-from clipsep_ray.separate import Separator, autocast_dtype, separate
+from clipsep_ray.models.registry import build_model
+from clipsep_ray.runtime import autocast_dtype
+from clipsep_ray.separate import Separator, separate
 
 QUERIES = ["dog barking", "violin", "rain", "siren", "piano", "engine", "bird chirping", "church bell"]
 

@@ -18,7 +18,7 @@ import torch
 
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import load_config
-from clipsep_ray.models.clipsep import build_model
+from clipsep_ray.models.registry import build_model
 from clipsep_ray.train.loop import make_optimizer, train_step
 
 

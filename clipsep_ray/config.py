@@ -14,12 +14,17 @@ from typing import Any
 
 import yaml
 
+from clipsep_ray.runtime import PRECISIONS
+
 
 class ConfigError(ValueError):
     """A bad preset, field name or value; the message names the field."""
 
 
-#: REFERENCE.md, "Evaluation protocol": SDR over the first 65,280 samples at 16 kHz.
+#: Model architectures (``model.arch``); ``models.registry`` maps each to its class.
+ARCHS = ("clipsep", "labelsep", "pit")
+
+#: docs/METHOD.md, "Evaluation protocol": SDR over the first 65,280 samples at 16 kHz.
 PUBLISHED_EVAL_SAMPLES, PUBLISHED_SAMPLE_RATE = 65280, 16000
 
 
@@ -216,16 +221,16 @@ class Config:
     def validate(self) -> "Config":
         """Check cross-field constraints; return self."""
         a, m = self.audio, self.model
-        if m.arch not in ("clipsep", "labelsep", "pit"):
-            raise ConfigError(f"model.arch must be clipsep, labelsep or pit, got '{m.arch}'")
+        if m.arch not in ARCHS:
+            raise ConfigError(f"model.arch must be {', '.join(ARCHS)}, got '{m.arch}'")
         if m.init not in ("published", "pytorch"):
             raise ConfigError(f"model.init must be published or pytorch, got '{m.init}'")
         if self.train.mode not in ("image", "text", "hybrid"):
             raise ConfigError(f"train.mode must be image, text or hybrid, got '{self.train.mode}'")
         for name in ("train.precision", "inference.precision"):
             sec, key = name.split(".")
-            if getattr(getattr(self, sec), key) not in ("auto", "fp32", "bf16"):
-                raise ConfigError(f"{name} must be auto, fp32 or bf16")
+            if getattr(getattr(self, sec), key) not in PRECISIONS:
+                raise ConfigError(f"{name} must be {', '.join(PRECISIONS)}")
         step = 2 ** m.unet_depth
         if a.num_frames % step or a.model_bins % step:
             raise ConfigError(

@@ -165,7 +165,8 @@ def _examples(ckpt_dir: str, cfg, test_uri: str, out: str, count: int) -> list[d
     from clipsep_ray.audio.io import write_audio
     from clipsep_ray.data.shards import eval_rows
     from clipsep_ray.report import spectrogram_png
-    from clipsep_ray.separate import Separator, slug
+    from clipsep_ray.separate import Separator
+    from clipsep_ray.storage import slug
 
     sep = Separator.from_checkpoint(ckpt_dir)
     rows = eval_rows(test_uri, sep.cfg)

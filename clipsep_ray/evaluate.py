@@ -241,8 +241,8 @@ def evaluate_checkpoint(checkpoint: str, data_uri: str, out_dir: str | None = No
     from clipsep_ray.data import schema
     from clipsep_ray.evaluate_dist import evaluate_distributed, wants_ray
 
-    text_uri = text_embeddings or schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
-    text_uri = text_uri if schema.exists(text_uri) else None
+    text_uri = text_embeddings or storage.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
+    text_uri = text_uri if storage.exists(text_uri) else None
     if engine == "auto" and address or wants_ray(engine, data_uri, None, ray_threshold, limit):
         import ray
 

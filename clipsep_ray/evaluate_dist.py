@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from clipsep_ray.config import Config
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 
 log = logging.getLogger(__name__)
@@ -142,10 +143,10 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
 
     t0 = time.time()
     cfg = Config.from_dict(read_checkpoint(checkpoint)["config"])
-    endpoint = schema.endpoint_url(endpoint)
+    endpoint = storage.endpoint_url(endpoint)
     if text_embeddings is None:
-        uri = schema.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
-        text_embeddings = uri if schema.exists(uri, endpoint) else None
+        uri = storage.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
+        text_embeddings = uri if storage.exists(uri, endpoint) else None
     paths, fs = _paths_and_fs(data_uri, endpoint)
     every = sorted(c for f in schema.list_shards(data_uri, endpoint)
                    for c in schema.read_shard(f, ["clip_id"], endpoint).column("clip_id").to_pylist())
@@ -218,4 +219,4 @@ def wants_ray(mode: str, data_uri: str, endpoint: str | None, threshold: int, li
 def count_rows(data_uri: str, endpoint: str | None = None) -> int:
     from clipsep_ray.data.shards import _paths_and_fs, count_rows as rows_in
 
-    return rows_in(*_paths_and_fs(data_uri, schema.endpoint_url(endpoint)))
+    return rows_in(*_paths_and_fs(data_uri, storage.endpoint_url(endpoint)))

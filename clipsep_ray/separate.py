@@ -10,61 +10,26 @@ windows are cross-faded back together. Memory is bounded by one batch of windows
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from clipsep_ray.audio.chunking import OverlapAdd, crossfade, num_windows
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import Config, InferenceConfig
-from clipsep_ray.models.clipsep import LabelSep, PITSep
+from clipsep_ray.models.base import SeparationModel
 from clipsep_ray.models.query import QueryError, QueryEncoder, check_queries
+from clipsep_ray.runtime import autocast, autocast_dtype, resolve_device
+from clipsep_ray.storage import slug
 
 RESIDUAL = "residual"
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (avx512_bf16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for 'bf16', and for 'auto' where the hardware has it; None means fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16() else None
-
-
-def mask_logits(model: nn.Module, features: Tensor, projections: Tensor | None) -> Tensor:
-    """U-Net features (B, k, F, N) + query projections (Q, k) -> mask logits (B, Q, F, N)."""
-    if isinstance(model, PITSep):
-        return features.float()
-    return model.fuse(features, projections)
-
-
 @torch.no_grad()
-def separate_stream(model: nn.Module, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
+def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
                     projections: Tensor | None, cfg: InferenceConfig | None = None,
                     device: torch.device | str = "cpu") -> Iterator[Tensor]:
     """Separate a stream of mono blocks at the model rate.
@@ -79,16 +44,16 @@ def separate_stream(model: nn.Module, frontend: SpectralFrontEnd, blocks: Iterab
     overlap = int(round(cfg.overlap * window))
     hop = window - overlap
     dtype = autocast_dtype(cfg.precision, device)
-    channels = projections.shape[0] if projections is not None else model.num_sources
+    channels = model.num_outputs(projections)
     ola = OverlapAdd(window, hop, channels, crossfade(window, overlap))
     proj = projections.to(device) if projections is not None else None
 
     def run(windows: list[Tensor]) -> Tensor:
         waves = torch.stack(windows).to(device)
         spec, _, log_mag = frontend.analyse(waves)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             feats = model.features(log_mag)
-        logits = mask_logits(model, feats, proj)
+        logits = model.mask_logits(feats, proj)
         masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
         return frontend.reconstruct(masks, spec, window).cpu()
 
@@ -116,16 +81,10 @@ def separate_stream(model: nn.Module, frontend: SpectralFrontEnd, blocks: Iterab
     yield tail[:, : total - before]
 
 
-def separate(model: nn.Module, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,
+def separate(model: SeparationModel, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,
              cfg: InferenceConfig | None = None, device: torch.device | str = "cpu") -> Tensor:
     """(T,) mono at the model rate + (Q, k) projections -> (Q, T) estimates (see :func:`separate_stream`)."""
     return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device)), dim=1)
-
-
-def slug(text: str, max_len: int = 60) -> str:
-    """A safe file name for a query or an input name: no separators, no dots first, bounded length."""
-    s = re.sub(r"[^\w\-]+", "_", text.strip(), flags=re.UNICODE).strip("_.")
-    return (s[:max_len] or "query").lower()
 
 
 @dataclass
@@ -148,7 +107,7 @@ class Separation(Mapping):
 class Separator:
     """A loaded model, its front end and query encoder, ready to separate audio at any rate."""
 
-    def __init__(self, model: nn.Module, cfg: Config, query_encoder: QueryEncoder | None = None,
+    def __init__(self, model: SeparationModel, cfg: Config, query_encoder: QueryEncoder | None = None,
                  device: str = "auto"):
         self.cfg = cfg
         self.device = resolve_device(device if device != "auto" else cfg.inference.device)
@@ -180,8 +139,9 @@ class Separator:
 
     def projections(self, queries) -> tuple[list[str], Tensor | None]:
         """Queries -> (names, (Q, k) projections). Text, (Q, D) embeddings, or images (name: image_i)."""
-        if isinstance(self.model, PITSep):
-            return [f"source_{i + 1}" for i in range(self.model.num_sources)], None
+        fixed = self.model.output_names()
+        if fixed is not None:
+            return fixed, None
         if isinstance(queries, (str, bytes)) or not isinstance(queries, (Sequence, Tensor, np.ndarray)):
             queries = [queries]
         if isinstance(queries, (Tensor, np.ndarray)):
@@ -189,8 +149,10 @@ class Separator:
             names = [f"query_{i + 1}" for i in range(emb.shape[0])]
         elif all(isinstance(q, str) for q in queries):
             names = check_queries(queries)
-            if isinstance(self.model, LabelSep):
-                raise QueryError("a LabelSep model takes label ids, not text queries")
+            if not self.model.text_queries:
+                kinds = ", ".join(self.model.query_columns)
+                raise QueryError(f"a {self.model.method_name(self.cfg.model, self.cfg.train.mode)} model takes "
+                                 f"{kinds} queries, not text")
             emb = self.query_encoder.encode_text(names)
         else:
             emb = self.query_encoder.encode_images(list(queries))
@@ -200,7 +162,7 @@ class Separator:
         if RESIDUAL in names:
             raise QueryError(f"'{RESIDUAL}' names the rest of the mixture in the output: ask for the sound itself")
         with torch.no_grad():
-            return names, self.model.project(emb.to(self.device)).float()
+            return names, self.model.project(self.model.query_embeddings(emb.to(self.device))).float()
 
     def separate(self, waveform, sample_rate: int, queries) -> Separation:
         """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length.

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 from clipsep_ray.data.ingest import ensure_ray
 
@@ -80,7 +81,7 @@ class ShardEmbedder:
 
     def _up_to_date(self, src, dst: str) -> bool:
         """The output already holds exactly these clips embedded by this model."""
-        if self.overwrite or not schema.exists(dst, self.endpoint):
+        if self.overwrite or not storage.exists(dst, self.endpoint):
             return False
         try:
             out = schema.read_shard(dst, ["clip_id", "embedding_model", "image_embeddings"], self.endpoint)
@@ -169,13 +170,13 @@ def embed(shards_uri: str, output_uri: str, clip_model: str, clip_pretrained: st
     import pyarrow.parquet as pq
     import ray
 
-    endpoint = schema.endpoint_url(endpoint)
-    output_uri = schema.normalize_uri(output_uri)
+    endpoint = storage.endpoint_url(endpoint)
+    output_uri = storage.normalize_uri(output_uri)
     t0 = time.perf_counter()
     srcs = schema.list_shards(shards_uri, endpoint)
     if not srcs:
         raise FileNotFoundError(f"no shards (*.parquet) under {shards_uri}")
-    dsts = [schema.join_uri(output_uri, s.rsplit("/", 1)[-1]) for s in srcs]
+    dsts = [storage.join_uri(output_uri, s.rsplit("/", 1)[-1]) for s in srcs]
     ensure_ray(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     size = actors or max(1, gpus)
@@ -195,12 +196,12 @@ def embed(shards_uri: str, output_uri: str, clip_model: str, clip_pretrained: st
     name = f"{clip_model}:{clip_pretrained}"
     ensemble = list(prompt_ensemble or [])
     if labels:
-        text_uri = schema.join_uri(output_uri, schema.TEXT_EMBEDDINGS_NAME)
+        text_uri = storage.join_uri(output_uri, schema.TEXT_EMBEDDINGS_NAME)
         make = ray.remote(num_cpus=1)(text_embeddings_table)
         table = ray.get(make.remote(labels, clip_model, clip_pretrained, clip_config_dir, prompt_template, ensemble))
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        schema.write_bytes(text_uri, buf.getvalue(), endpoint)
+        storage.write_bytes(text_uri, buf.getvalue(), endpoint)
         name = table.column("embedding_model")[0].as_py()
     result = {
         "output_uri": output_uri,
@@ -214,8 +215,8 @@ def embed(shards_uri: str, output_uri: str, clip_model: str, clip_pretrained: st
         "text_embeddings": text_uri,
         "wall_s": round(time.perf_counter() - t0, 3),
     }
-    schema.write_bytes(schema.join_uri(output_uri, schema.EMBED_MANIFEST_NAME),
-                       json.dumps({**result, "source": schema.normalize_uri(shards_uri) if isinstance(shards_uri, str)
+    storage.write_bytes(storage.join_uri(output_uri, schema.EMBED_MANIFEST_NAME),
+                       json.dumps({**result, "source": storage.normalize_uri(shards_uri) if isinstance(shards_uri, str)
                                    else None}, indent=1).encode("utf-8"), endpoint)
     return result
 
@@ -225,8 +226,8 @@ def load_text_embeddings(uri: str, ensemble: bool = False, endpoint: str | None 
     import pyarrow.parquet as pq
 
     if not uri.endswith(".parquet"):
-        uri = schema.join_uri(uri, schema.TEXT_EMBEDDINGS_NAME)
-    table = pq.read_table(io.BytesIO(schema.read_bytes(uri, endpoint)))
+        uri = storage.join_uri(uri, schema.TEXT_EMBEDDINGS_NAME)
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint)))
     col = "embedding_ensemble" if ensemble else "embedding"
     return {lab: np.asarray(e, np.float32) for lab, e in zip(table.column("label").to_pylist(),
                                                               table.column(col).to_pylist())}

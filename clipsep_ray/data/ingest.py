@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
@@ -83,7 +84,7 @@ def _is_video(path: str) -> bool:
 
 def _resolve_relative(base_dir_uri: str, path: str) -> str:
     if "://" in path or os.path.isabs(path):
-        return schema.normalize_uri(path)
+        return storage.normalize_uri(path)
     if "://" in base_dir_uri:
         return base_dir_uri.rstrip("/") + "/" + path.replace(os.sep, "/")
     return os.path.normpath(os.path.join(base_dir_uri, path))
@@ -97,8 +98,8 @@ def read_index(index_uri: str, endpoint: str | None = None) -> list[dict]:
     instead of the file's URI, so the same data set ingested from another folder or bucket
     gets the same clip ids (and the same evaluation pairs). Ids must be unique.
     """
-    index_uri = schema.normalize_uri(index_uri)
-    text = schema.read_bytes(index_uri, endpoint).decode("utf-8-sig")
+    index_uri = storage.normalize_uri(index_uri)
+    text = storage.read_bytes(index_uri, endpoint).decode("utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "path" not in reader.fieldnames:
         raise IngestError(f"index {index_uri}: needs a header with a 'path' column, got {reader.fieldnames}")
@@ -132,20 +133,20 @@ def list_inputs(input_uri: str | None, index: str | None = None, endpoint: str |
     else:
         if not input_uri:
             raise IngestError("give an INPUT_URI (folder, prefix, video or index CSV) or --index")
-        uri = schema.normalize_uri(input_uri)
-        fs, path = schema.url_to_fs(uri, endpoint)
+        uri = storage.normalize_uri(input_uri)
+        fs, path = storage.url_to_fs(uri, endpoint)
         if not fs.exists(path):
             raise IngestError(f"input {uri} does not exist")
         if fs.isfile(path):
             entries = [{"path": uri, "label": None}]
         else:
-            entries = [{"path": schema.to_uri(fs, p), "label": None} for p in fs.find(path) if _is_video(p)]
+            entries = [{"path": storage.to_uri(fs, p), "label": None} for p in fs.find(path) if _is_video(p)]
     seen, out = set(), []
     for e in sorted(entries, key=lambda e: e["path"]):
         if e["path"] in seen:
             continue
         seen.add(e["path"])
-        fs, path = schema.url_to_fs(e["path"], endpoint)
+        fs, path = storage.url_to_fs(e["path"], endpoint)
         try:
             size = int(fs.size(path))
         except (FileNotFoundError, OSError):
@@ -310,7 +311,7 @@ def _ingest_file(f: dict, opts: IngestOptions, endpoint: str | None, tmpdir: str
         if not os.path.exists(uri):
             raise Reject("not found")
         return extract_clips(uri, uri, f["label"], opts, f.get("id_key"))
-    fs, path = schema.url_to_fs(uri, endpoint)
+    fs, path = storage.url_to_fs(uri, endpoint)
     local = os.path.join(tmpdir, "input" + os.path.splitext(path)[1])
     try:
         fs.get_file(path, local)
@@ -342,7 +343,7 @@ def ingest_group(batch: dict, output_uri: str, opts: dict, endpoint: str | None)
 
             name = f"part-{key}-{part:03d}.parquet"
             table = pa.Table.from_pylist(pending, schema=schema.SHARD_SCHEMA)
-            shard_bytes[name] = schema.write_shard(table, schema.join_uri(output_uri, name), endpoint)
+            shard_bytes[name] = schema.write_shard(table, storage.join_uri(output_uri, name), endpoint)
             for r in pending:
                 d = file_shards.setdefault(r["source_uri"], {})
                 d[name] = d.get(name, 0) + 1
@@ -389,16 +390,16 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def _load_manifest(output_uri: str, endpoint: str | None) -> dict | None:
-    uri = schema.join_uri(output_uri, schema.MANIFEST_NAME)
+    uri = storage.join_uri(output_uri, schema.MANIFEST_NAME)
     try:
-        return json.loads(schema.read_bytes(uri, endpoint))
+        return json.loads(storage.read_bytes(uri, endpoint))
     except FileNotFoundError:
         return None
 
 
 def _remove(uris: list[str], endpoint: str | None) -> None:
     for u in uris:
-        fs, path = schema.url_to_fs(u, endpoint)
+        fs, path = storage.url_to_fs(u, endpoint)
         try:
             fs.rm(path)
         except FileNotFoundError:
@@ -416,8 +417,8 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
     import ray
 
     opts = opts or IngestOptions()
-    endpoint = schema.endpoint_url(endpoint)
-    output_uri = schema.normalize_uri(output_uri)
+    endpoint = storage.endpoint_url(endpoint)
+    output_uri = storage.normalize_uri(output_uri)
     t0 = time.perf_counter()
     files = list_inputs(input_uri, index, endpoint)
     if not files:
@@ -431,12 +432,12 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
     todo = [f for f in files if f["path"] not in done]
     skipped = len(files) - len(todo)
 
-    out_fs, out_path = schema.url_to_fs(output_uri, endpoint)
-    if schema._is_local(out_fs):
+    out_fs, out_path = storage.url_to_fs(output_uri, endpoint)
+    if storage.is_local(out_fs):
         os.makedirs(out_path, exist_ok=True)
     if overwrite:  # replace what a previous run wrote for these files
         prev = _load_manifest(output_uri, endpoint) or {}
-        _remove([schema.join_uri(output_uri, s) for s in prev.get("shards", {})], endpoint)
+        _remove([storage.join_uri(output_uri, s) for s in prev.get("shards", {})], endpoint)
 
     rows: list[dict] = []
     if todo:
@@ -464,7 +465,7 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
             errors.append({"path": r["path"], "reason": r["reason"]})
 
     # Part files no manifest references come from a crashed run: they would duplicate clips.
-    orphans = [schema.to_uri(out_fs, p) for p in out_fs.find(out_path)
+    orphans = [storage.to_uri(out_fs, p) for p in out_fs.find(out_path)
                if _PART_RE.match(p.rsplit("/", 1)[-1]) and p.rsplit("/", 1)[-1] not in shards]
     _remove(orphans, endpoint)
 
@@ -473,7 +474,7 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
     import pyarrow.parquet as pq
 
     pq.write_table(err_table, buf)
-    schema.write_bytes(schema.join_uri(output_uri, schema.ERRORS_NAME), buf.getvalue(), endpoint)
+    storage.write_bytes(storage.join_uri(output_uri, schema.ERRORS_NAME), buf.getvalue(), endpoint)
 
     wall = time.perf_counter() - t0
     result = {
@@ -491,7 +492,7 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
     }
     manifest = {"format": "clipsep_ray.shards/1", "input": index or input_uri, "options": opts.data_key(),
                 "files": done, "shards": shards, "last_run": {k: v for k, v in result.items() if k != "shards"}}
-    schema.write_bytes(schema.join_uri(output_uri, schema.MANIFEST_NAME),
+    storage.write_bytes(storage.join_uri(output_uri, schema.MANIFEST_NAME),
                        json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"), endpoint)
     return result
 

@@ -1,4 +1,4 @@
-"""The shard schema (one row per clip) and the storage helpers every data stage shares.
+"""The shard schema (one row per clip): columns, audio cells, reading and writing shards.
 
 A shard is a Parquet file on any fsspec URI (a local folder, ``s3://``, ...). Columns:
 
@@ -16,22 +16,19 @@ image_embeddings   list<list<float32>>, null n_frames x D raw CLIP image embeddi
 embedding_model    string, nullable          which CLIP made them (``QueryEncoder.name``)
 =================  ========================  ===============================================
 
-S3 endpoints: ``storage_options``/``filesystem`` take an explicit ``endpoint_url`` or the
-standard AWS variables ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto, ...),
-so one URI works on AWS, MinIO and a local test server. Credentials come from the usual
-AWS chain (environment, profile, instance role) and are never written anywhere.
+URIs, filesystems and atomic writes live in :mod:`clipsep_ray.storage`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
+
+from clipsep_ray.storage import normalize_uri, to_uri, url_to_fs, write_bytes
 
 SHARD_SCHEMA = pa.schema([
     pa.field("clip_id", pa.string(), nullable=False),
@@ -54,7 +51,20 @@ MANIFEST_NAME = "_manifest.json"
 ERRORS_NAME = "_errors.parquet"
 TEXT_EMBEDDINGS_NAME = "_text_embeddings.parquet"
 EMBED_MANIFEST_NAME = "_embed_manifest.json"
-_S3_PROTOCOLS = ("s3", "s3a")
+
+
+def text_embeddings_uri(data_uri, explicit: str | None = None, endpoint: str | None = None) -> str | None:
+    """The text-embeddings table of a shard set: ``explicit`` when given, else
+    ``<data_uri>/_text_embeddings.parquet``; None when that file does not exist.
+
+    ``data_uri`` may be a list of shard URIs (their folder is the first one's)."""
+    from clipsep_ray.storage import exists, join_uri
+
+    if explicit:
+        return explicit
+    base = data_uri[0].rsplit("/", 1)[0] if isinstance(data_uri, (list, tuple)) else data_uri
+    uri = join_uri(base, TEXT_EMBEDDINGS_NAME)
+    return uri if exists(uri, endpoint) else None
 
 
 class ShardError(ValueError):
@@ -119,98 +129,6 @@ def decode_audio_window(data: bytes, start: int, length: int) -> tuple[np.ndarra
     if total <= 0:
         raise ShardError("empty audio cell")
     return out, int(sr), int(total)
-
-
-# -- storage ---------------------------------------------------------------------------
-def _protocol(uri: str) -> str:
-    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
-
-
-def endpoint_url(explicit: str | None = None) -> str | None:
-    """The S3 endpoint override: ``explicit``, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL."""
-    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def storage_options(uri: str, endpoint: str | None = None) -> dict:
-    """fsspec storage options for ``uri`` (an S3 endpoint override where one is set)."""
-    if _protocol(uri) in _S3_PROTOCOLS:
-        ep = endpoint_url(endpoint)
-        return {"endpoint_url": ep} if ep else {}
-    return {}
-
-
-def normalize_uri(uri: str) -> str:
-    """Local paths become absolute (Ray workers may run elsewhere); URIs are kept."""
-    uri = os.fspath(uri)
-    if "://" not in uri:
-        return os.path.abspath(os.path.expanduser(uri))
-    if uri.startswith("file://"):
-        return os.path.abspath(uri[len("file://"):])
-    return uri
-
-
-def url_to_fs(uri: str, endpoint: str | None = None):
-    """(fsspec filesystem, path inside it) for ``uri``, honouring the S3 endpoint override."""
-    import fsspec
-
-    uri = normalize_uri(uri)
-    return fsspec.core.url_to_fs(uri, **storage_options(uri, endpoint))
-
-
-def filesystem(uri: str, endpoint: str | None = None):
-    """The fsspec filesystem holding ``uri`` (Ray Data and pyarrow accept it as ``filesystem=``)."""
-    return url_to_fs(uri, endpoint)[0]
-
-
-def join_uri(base: str, *names: str) -> str:
-    out = normalize_uri(base).rstrip("/")
-    for n in names:
-        out = out + "/" + n.strip("/")
-    return out
-
-
-def to_uri(fs, path: str) -> str:
-    """Inverse of :func:`url_to_fs`: a full URI for ``path`` on ``fs``."""
-    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    if proto in ("file", "local"):
-        return path
-    return f"{proto}://{path}" if "://" not in path else path
-
-
-def _is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
-
-
-def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
-    """Write a whole object; local files are written to a temp name and renamed (atomic)."""
-    fs, path = url_to_fs(uri, endpoint)
-    parent = path.rsplit("/", 1)[0]
-    if _is_local(fs):
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:  # object stores publish an object only when its upload completes
-        with fs.open(path, "wb") as fh:
-            fh.write(data)
-
-
-def read_bytes(uri: str, endpoint: str | None = None) -> bytes:
-    fs, path = url_to_fs(uri, endpoint)
-    with fs.open(path, "rb") as fh:
-        return fh.read()
-
-
-def exists(uri: str, endpoint: str | None = None) -> bool:
-    fs, path = url_to_fs(uri, endpoint)
-    return fs.exists(path)
 
 
 # -- shards ----------------------------------------------------------------------------

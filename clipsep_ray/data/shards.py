@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipsep_ray.config import Config
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 
 log = logging.getLogger(__name__)
@@ -286,8 +287,8 @@ def _paths_and_fs(uri, endpoint: str | None):
     files = schema.list_shards(uri, endpoint)
     if not files:
         raise FileNotFoundError(f"no shards (*.parquet) under {uri}")
-    fs, _ = schema.url_to_fs(files[0], endpoint)
-    return [schema.url_to_fs(f, endpoint)[1] for f in files], fs
+    fs, _ = storage.url_to_fs(files[0], endpoint)
+    return [storage.url_to_fs(f, endpoint)[1] for f in files], fs
 
 
 def count_rows(paths: list[str], fs) -> int:
@@ -339,7 +340,7 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     import ray
     from ray.data import FileShuffleConfig
 
-    endpoint = schema.endpoint_url(endpoint)
+    endpoint = storage.endpoint_url(endpoint)
     paths, fs = _paths_and_fs(uri, endpoint)
     # Listings per pass (Ray Data reads a path given twice only once: repeat by union). Only
     # small sets are inspected: each footer or size is one request, and many shards mean many rows.
@@ -399,7 +400,7 @@ def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: st
     """
     import pyarrow as pa
 
-    endpoint = schema.endpoint_url(endpoint)
+    endpoint = storage.endpoint_url(endpoint)
     files = schema.list_shards(uri, endpoint)
     columns = READ_COLUMNS + ["label"]
     tables = [schema.read_shard(f, columns, endpoint) for f in files]

@@ -8,20 +8,20 @@ file as ``model.pt``.
 from __future__ import annotations
 
 import io
-import os
 import platform
-import tempfile
 from typing import Any
 
-import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from clipsep_ray.config import Config, ConfigError
+from clipsep_ray.storage import read_bytes, url_to_fs, write_bytes
 
 FORMAT = "clipsep_ray.checkpoint/1"
+#: The model file inside a checkpoint folder (a Ray Train checkpoint holds one).
 FILENAME = "model.pt"
+#: The optimiser / schedule / random state beside it in a training checkpoint.
+STATE_FILE = "train_state.pt"
 
 
 class CheckpointError(ValueError):
@@ -41,7 +41,7 @@ def versions() -> dict[str, str]:
 
 
 def _file_uri(uri: str) -> str:
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = url_to_fs(uri)
     if uri.endswith("/") or fs.isdir(path):
         return uri.rstrip("/") + "/" + FILENAME
     return uri
@@ -50,7 +50,7 @@ def _file_uri(uri: str) -> str:
 def save_checkpoint(uri: str, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None) -> str:
     """Write model weights + ``cfg`` (+ ``extra`` plain state, e.g. optimiser) to ``uri``; returns the file URI.
 
-    Local files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+    The write is atomic (:func:`clipsep_ray.storage.write_bytes`): a crash never leaves half a checkpoint.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "config": cfg.to_dict(), "versions": versions(), "model": state,
@@ -58,18 +58,7 @@ def save_checkpoint(uri: str, model: nn.Module, cfg: Config, extra: dict[str, An
     buf = io.BytesIO()
     torch.save(payload, buf)
     target = _file_uri(uri)
-    fs, path = fsspec.core.url_to_fs(target)
-    parent = os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        fd, tmp = tempfile.mkstemp(dir=parent or ".", prefix=".tmp-", suffix=".pt")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    else:
-        with fs.open(path, "wb") as fh:  # object stores publish a file only when its upload completes
-            fh.write(buf.getvalue())
+    write_bytes(target, buf.getvalue())
     return target
 
 
@@ -77,8 +66,7 @@ def read_checkpoint(uri: str, map_location: str = "cpu") -> dict[str, Any]:
     """The raw payload (format, config, versions, model, extra), loaded safely."""
     target = _file_uri(uri)
     try:
-        with fsspec.open(target, "rb") as fh:
-            data = fh.read()
+        data = read_bytes(target)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {target}") from None
     try:
@@ -98,7 +86,7 @@ def load_checkpoint(uri: str, map_location: str = "cpu", expected: Config | None
     ``expected``: when given, the checkpoint's model section must equal it; each
     differing field is named in the error.
     """
-    from clipsep_ray.models.clipsep import build_model
+    from clipsep_ray.models.registry import build_model
 
     payload = read_checkpoint(uri, map_location)
     try:

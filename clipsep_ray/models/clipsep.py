@@ -16,12 +16,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clipsep_ray.config import ModelConfig
+from clipsep_ray.config import ModelConfig, TrainConfig
+from clipsep_ray.losses import clipsep_loss, nit_loss, noise_regularizer, pit_loss
+from clipsep_ray.models.base import SeparationModel
 from clipsep_ray.models.unet import AudioUNet
+
+_MODE_NAMES = {"image": "CLIPSep", "text": "CLIPSep-Text", "hybrid": "CLIPSep-Hybrid"}
 
 
 def init_weights(module: nn.Module) -> None:
-    """REFERENCE.md init ("published"): conv N(0, 1e-3), linear N(0, 1e-4), BatchNorm scale N(1, 0.02).
+    """The published init (docs/METHOD.md, "Initialisation"): conv N(0, 1e-3), linear N(0, 1e-4), BatchNorm scale N(1, 0.02).
     ``model.init=pytorch`` skips it and keeps PyTorch's defaults."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
@@ -36,7 +40,7 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class MaskNet(nn.Module):
+class MaskNet(SeparationModel):
     """Input norm + U-Net: log |X| (B, 1, F, N) -> mask features (B, k, F, N)."""
 
     def __init__(self, depth: int, width: int, out_channels: int, channels_last: bool = True):
@@ -48,13 +52,19 @@ class MaskNet(nn.Module):
     def features(self, log_mag: Tensor) -> Tensor:
         x = self.input_norm(log_mag)
         if self.channels_last:
-            # 1.6-2x faster convolutions on CPU and GPU (SETUP-NOTES.md).
+            # 1.6-2x faster convolutions on CPU and GPU (measured: docs/DECISIONS.md, "channels_last").
             x = x.contiguous(memory_format=torch.channels_last)
         return self.unet(x)
 
 
 class CLIPSep(MaskNet):
-    """Query-conditioned separation; ``noise_heads`` > 0 adds the NIT noise heads."""
+    """Query-conditioned separation; ``noise_heads`` > 0 adds the NIT noise heads.
+
+    Queries are CLIP embeddings: of video frames (``image_query``) or of text (``text_query``).
+    """
+
+    query_columns = {"image": "image_query", "text": "text_query"}
+    text_queries = True
 
     def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_masks: int = 32, embed_dim: int = 512,
                  noise_heads: int = 0, channels_last: bool = True, init: str = "published"):
@@ -67,6 +77,23 @@ class CLIPSep(MaskNet):
         if init == "published":
             init_weights(self)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "CLIPSep":
+        return cls(**_common(cfg), num_masks=cfg.num_masks, embed_dim=cfg.embed_dim, noise_heads=cfg.noise_heads)
+
+    @classmethod
+    def method_name(cls, cfg: ModelConfig, train_mode: str) -> str:
+        return _MODE_NAMES[train_mode] + ("-NIT" if cfg.noise_heads else "")
+
+    @classmethod
+    def training_column(cls, train_mode: str, step: int) -> str:
+        """Image queries, text queries, or the two alternating step by step (hybrid)."""
+        if train_mode == "image":
+            return "image_query"
+        if train_mode == "text":
+            return "text_query"
+        return "image_query" if step % 2 == 0 else "text_query"
+
     def project(self, embeddings: Tensor) -> Tensor:
         """(..., D) raw query embeddings -> (..., k) pre-sigmoid projections."""
         if embeddings.shape[-1] != self.embed_dim:
@@ -78,6 +105,21 @@ class CLIPSep(MaskNet):
         q = torch.sigmoid(projections.float()) * self.fusion_weight
         eq = "qk,bkfn->bqfn" if q.dim() == 2 else "bqk,bkfn->bqfn"
         return torch.einsum(eq, q, features.float()) + self.fusion_bias
+
+    def mask_logits(self, features: Tensor, projections: Tensor) -> Tensor:
+        return self.fuse(features, projections)
+
+    def training_loss(self, outputs: dict[str, Tensor], targets: Tensor, weights: Tensor,
+                      cfg: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+        """Weighted BCE of every query's mask; with noise heads the NIT arrangement loss plus
+        the noise regulariser (docs/METHOD.md, "Noise invariant training (NIT)")."""
+        logits = outputs["query_logits"].float()
+        if not self.noise_heads:
+            return clipsep_loss(logits, targets, weights), {}
+        noise = outputs["noise_logits"].float()
+        sep, choice = nit_loss(logits, noise, targets, weights)
+        reg = noise_regularizer(noise, cfg.noise_reg_lambda, cfg.noise_reg_gamma)
+        return sep + reg, {"noise_reg": float(reg.detach()), "arrangement_0": float((choice == 0).float().mean())}
 
     def noise_logits(self, features: Tensor, projections: Tensor) -> Tensor:
         """Features (B, k, F, N), projections (B, Q, k) -> noise-head logits (B, H, F, N)."""
@@ -100,12 +142,32 @@ class CLIPSep(MaskNet):
 class LabelSep(CLIPSep):
     """Baseline: a learned label embedding (num_labels x D) replaces the CLIP query."""
 
+    query_columns = {"label": "label_id"}
+    text_queries = False
+
     def __init__(self, num_labels: int, **kwargs):
         super().__init__(**kwargs)
         if num_labels < 1:
             raise ValueError("LabelSep needs model.num_labels >= 1")
         self.label_embedding = nn.Embedding(num_labels, self.embed_dim)
         nn.init.normal_(self.label_embedding.weight, 0.0, 1.0)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "LabelSep":
+        return cls(cfg.num_labels, **_common(cfg), num_masks=cfg.num_masks, embed_dim=cfg.embed_dim,
+                   noise_heads=cfg.noise_heads)
+
+    @classmethod
+    def method_name(cls, cfg: ModelConfig, train_mode: str) -> str:
+        return "LabelSep"
+
+    @classmethod
+    def training_column(cls, train_mode: str, step: int) -> str:
+        return "label_id"
+
+    def query_embeddings(self, values: Tensor | None) -> Tensor | None:
+        """Label ids (any shape) -> their learned embeddings (..., D)."""
+        return None if values is None else self.embed_labels(values.long())
 
     def embed_labels(self, labels: Tensor) -> Tensor:
         """(B, Q) or (Q,) long label ids -> (B, Q, D) or (Q, D) embeddings."""
@@ -115,6 +177,9 @@ class LabelSep(CLIPSep):
 class PITSep(MaskNet):
     """Baseline: the U-Net predicts one mask per source directly, no query; trained with PIT."""
 
+    query_columns = {"none": None}
+    text_queries = False
+
     def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_sources: int = 2, channels_last: bool = True,
                  init: str = "published"):
         super().__init__(unet_depth, unet_width, num_sources, channels_last)
@@ -122,20 +187,40 @@ class PITSep(MaskNet):
         if init == "published":
             init_weights(self)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "PITSep":
+        return cls(num_sources=cfg.num_sources, **_common(cfg))
+
+    @classmethod
+    def method_name(cls, cfg: ModelConfig, train_mode: str) -> str:
+        return "PIT"
+
+    @classmethod
+    def training_column(cls, train_mode: str, step: int) -> None:
+        return None
+
+    def project(self, embeddings: Tensor | None) -> None:
+        return None
+
+    def mask_logits(self, features: Tensor, projections: Tensor | None) -> Tensor:
+        return features.float()
+
+    def num_outputs(self, projections: Tensor | None) -> int:
+        return self.num_sources
+
+    def output_names(self) -> list[str]:
+        return [f"source_{i + 1}" for i in range(self.num_sources)]
+
+    def training_loss(self, outputs: dict[str, Tensor], targets: Tensor, weights: Tensor,
+                      cfg: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+        """Weighted BCE in the best output order per mixture (permutation invariant training)."""
+        loss, _ = pit_loss(outputs["query_logits"].float(), targets, weights)
+        return loss, {}
+
     def forward(self, log_mag: Tensor, embeddings: Tensor | None = None) -> dict[str, Tensor]:
         """log |X| (B, 1, F, N) -> query_logits (B, S, F, N) in no particular source order."""
         return {"query_logits": self.features(log_mag).float(), "noise_logits": log_mag.new_zeros(0)}
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model a :class:`ModelConfig` describes."""
-    common = dict(unet_depth=cfg.unet_depth, unet_width=cfg.unet_width, channels_last=cfg.channels_last,
-                  init=cfg.init)
-    if cfg.arch == "pit":
-        return PITSep(num_sources=cfg.num_sources, **common)
-    kwargs = dict(num_masks=cfg.num_masks, embed_dim=cfg.embed_dim, noise_heads=cfg.noise_heads, **common)
-    if cfg.arch == "labelsep":
-        return LabelSep(cfg.num_labels, **kwargs)
-    if cfg.arch == "clipsep":
-        return CLIPSep(**kwargs)
-    raise ValueError(f"unknown model.arch '{cfg.arch}'")
+def _common(cfg: ModelConfig) -> dict:
+    return dict(unet_depth=cfg.unet_depth, unet_width=cfg.unet_width, channels_last=cfg.channels_last, init=cfg.init)

@@ -216,7 +216,7 @@ def _train_clip(spec: ClipSpec, out_dir, log, return_model: bool):
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     model = model.to(memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU
-    from clipsep_ray.separate import autocast_dtype
+    from clipsep_ray.runtime import autocast_dtype
 
     amp = autocast_dtype(spec.precision, torch.device("cpu"))  # weights and optimiser stay fp32
     pad = spec.shift

@@ -203,7 +203,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from clipsep_ray.models.clipsep import build_model
+    from clipsep_ray.models.registry import build_model
     from clipsep_ray.separate import autocast_dtype
 
     cfg = Config.from_dict(loop_config["config"])

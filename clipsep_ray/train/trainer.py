@@ -22,8 +22,8 @@ from clipsep_ray.config import Config, load_config
 def _text_embeddings_uri(cfg: Config) -> str | None:
     from clipsep_ray.data import schema
 
-    uri = cfg.data.text_embeddings or schema.join_uri(cfg.data.train_uri, schema.TEXT_EMBEDDINGS_NAME)
-    return uri if schema.exists(uri, cfg.data.s3_endpoint or None) else None
+    uri = cfg.data.text_embeddings or storage.join_uri(cfg.data.train_uri, schema.TEXT_EMBEDDINGS_NAME)
+    return uri if storage.exists(uri, cfg.data.s3_endpoint or None) else None
 
 
 def validation_set(cfg: Config, val_source, text_uri: str | None):
@@ -69,7 +69,7 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
 
     if not cfg.data.train_uri:
         raise ValueError("data.train_uri is not set: give the embedded shards to train on")
-    endpoint = schema.endpoint_url(cfg.data.s3_endpoint or None)
+    endpoint = storage.endpoint_url(cfg.data.s3_endpoint or None)
     if not ray.is_initialized():
         ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count()}))
     text_uri = _text_embeddings_uri(cfg)
@@ -131,7 +131,7 @@ def schema_open(uri: str, endpoint: str | None):
 
     from clipsep_ray.data import schema
 
-    return fsspec.open(uri, "w", **schema.storage_options(uri, endpoint))
+    return fsspec.open(uri, "w", **storage.storage_options(uri, endpoint))
 
 
 def _uri(checkpoint, cfg: Config) -> str | None:

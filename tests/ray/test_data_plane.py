@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from clipsep_ray.config import load_config
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 from clipsep_ray.data.embed import load_text_embeddings, main_embed
 from clipsep_ray.data.ingest import IngestError, IngestOptions, ingest, main_ingest, read_index
@@ -169,7 +170,7 @@ def test_ingest_rerun_does_not_duplicate(local_shards, video_dir):
 
 
 def test_ingest_on_s3(ray_local, s3_bucket, video_dir):
-    fs = schema.filesystem("s3://x")
+    fs = storage.filesystem("s3://x")
     for root, _, names in os.walk(video_dir):
         for name in names:
             local = os.path.join(root, name)
@@ -178,7 +179,7 @@ def test_ingest_on_s3(ray_local, s3_bucket, video_dir):
     res = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
     _check_result(res, src)
     assert _rows(out).num_rows == N_CLIPS
-    assert schema.exists(f"{out}/{schema.MANIFEST_NAME}") and schema.exists(f"{out}/{schema.ERRORS_NAME}")
+    assert storage.exists(f"{out}/{schema.MANIFEST_NAME}") and storage.exists(f"{out}/{schema.ERRORS_NAME}")
     assert set(_rows(out).column("source_uri").to_pylist()) == {
         f"{src}/{k}" for k, v in EXPECTED.items() if isinstance(v, int)}
     again = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])

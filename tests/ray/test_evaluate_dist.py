@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clipsep_ray.config import load_config
+from clipsep_ray import storage
 from clipsep_ray.data import schema
 
 SR, D, N_CLIPS, N_CLASSES = 8000, 128, 21, 4
@@ -19,7 +20,7 @@ SR, D, N_CLIPS, N_CLASSES = 8000, 128, 21, 4
 @pytest.fixture(scope="module")
 def test_set(s3_server, tmp_path_factory):
     from clipsep_ray.models.checkpoint import save_checkpoint
-    from clipsep_ray.models.clipsep import build_model
+    from clipsep_ray.models.registry import build_model
 
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((N_CLASSES, D)).astype(np.float32) * 3
@@ -46,7 +47,7 @@ def test_set(s3_server, tmp_path_factory):
                      "embedding_model": ["test"] * N_CLASSES})
     buf = io.BytesIO()
     pq.write_table(text, buf)
-    schema.write_bytes(schema.join_uri(base, schema.TEXT_EMBEDDINGS_NAME), buf.getvalue())
+    storage.write_bytes(storage.join_uri(base, schema.TEXT_EMBEDDINGS_NAME), buf.getvalue())
 
     cfg = load_config("tiny", ["model.unet_width=4", "audio.clip_samples=8191"])
     torch.manual_seed(0)
@@ -108,8 +109,8 @@ def test_repeated_clip_ids_are_refused_before_any_work(test_set):
 
     base, ckpt = test_set
     twice = base.rsplit("/", 1)[0] + "/twice"
-    data = schema.read_bytes(f"{base}/part-0.parquet")
+    data = storage.read_bytes(f"{base}/part-0.parquet")
     for name in ("part-0.parquet", "copy-of-part-0.parquet"):
-        schema.write_bytes(f"{twice}/{name}", data)
+        storage.write_bytes(f"{twice}/{name}", data)
     with pytest.raises(ValueError, match=r"clip ids are not unique \(8 repeated"):
         evaluate_distributed(ckpt, twice)

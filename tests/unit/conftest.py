@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clipsep_ray.config import load_config
-from clipsep_ray.models.clipsep import build_model
+from clipsep_ray.models.registry import build_model
 
 TINY_CLIP = {
     "embed_dim": 128,

@@ -5,7 +5,7 @@ import torch
 
 from clipsep_ray.config import load_config
 from clipsep_ray.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from clipsep_ray.models.clipsep import build_model
+from clipsep_ray.models.registry import build_model
 
 
 def _outputs(model, cfg):

@@ -4,7 +4,8 @@ import torch
 
 from clipsep_ray.config import load_config
 from clipsep_ray.evaluate import eval_pairs, evaluate_rows, markdown_table, method_name
-from clipsep_ray.models.clipsep import PITSep, build_model
+from clipsep_ray.models.clipsep import PITSep
+from clipsep_ray.models.registry import build_model
 
 
 def test_pairs_are_deterministic_and_avoid_self_and_same_label():

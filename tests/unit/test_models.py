@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from clipsep_ray.config import load_config
-from clipsep_ray.models.clipsep import CLIPSep, LabelSep, PITSep, build_model
+from clipsep_ray.models.clipsep import CLIPSep, LabelSep, PITSep
+from clipsep_ray.models.registry import build_model
 from clipsep_ray.models.unet import AudioUNet
 
 
@@ -92,7 +93,7 @@ def test_gradients_reach_unet_and_projection():
 
 def test_init_choice_published_vs_pytorch():
     from clipsep_ray.config import ConfigError, load_config
-    from clipsep_ray.models.clipsep import build_model
+    from clipsep_ray.models.registry import build_model
 
     pub = build_model(load_config("tiny", ["model.init=published"]).model)
     pt = build_model(load_config("tiny").model)  # the tiny preset trains with PyTorch's defaults

@@ -6,7 +6,8 @@ from clipsep_ray.audio.io import load_audio, write_audio
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.models.clipsep import PITSep
 from clipsep_ray.models.query import QueryError
-from clipsep_ray.separate import Separator, separate, slug
+from clipsep_ray.separate import Separator, separate
+from clipsep_ray.storage import slug
 
 
 class IdentityMasks(PITSep):

@@ -7,7 +7,7 @@ import torch
 
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import load_config
-from clipsep_ray.models.clipsep import build_model
+from clipsep_ray.models.registry import build_model
 from clipsep_ray.train.loop import (ValSet, batch_loss, lr_factor, make_optimizer, query_key, restore_state,
                                     train_state, validate)
 

@@ -1,0 +1,132 @@
+"""Object storage: URIs, filesystems and atomic writes, for every stage (no Ray, no torch).
+
+Every path is an fsspec URI: a local folder (the embedded default), ``s3://`` and any
+other fsspec protocol. S3 endpoints: an explicit ``endpoint_url`` or the standard AWS
+variables ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (MinIO, moto, ...), so one URI
+works on AWS, MinIO and a local test server. Credentials come from the usual AWS chain
+(environment, profile, instance role) and are never written anywhere.
+
+Output names built from user input (queries, input file names) go through :func:`slug`,
+so no such path can leave its output folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+_S3_PROTOCOLS = ("s3", "s3a")
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else "file"
+
+
+def endpoint_url(explicit: str | None = None) -> str | None:
+    """The S3 endpoint override: ``explicit``, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL."""
+    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def storage_options(uri: str, endpoint: str | None = None) -> dict:
+    """fsspec storage options for ``uri`` (an S3 endpoint override where one is set)."""
+    if _protocol(uri) in _S3_PROTOCOLS:
+        ep = endpoint_url(endpoint)
+        return {"endpoint_url": ep} if ep else {}
+    return {}
+
+
+def normalize_uri(uri: str) -> str:
+    """Local paths become absolute (Ray workers may run elsewhere); URIs are kept."""
+    uri = os.fspath(uri)
+    if "://" not in uri:
+        return os.path.abspath(os.path.expanduser(uri))
+    if uri.startswith("file://"):
+        return os.path.abspath(uri[len("file://"):])
+    return uri
+
+
+def url_to_fs(uri: str, endpoint: str | None = None):
+    """(fsspec filesystem, path inside it) for ``uri``, honouring the S3 endpoint override."""
+    import fsspec
+
+    uri = normalize_uri(uri)
+    return fsspec.core.url_to_fs(uri, **storage_options(uri, endpoint))
+
+
+def filesystem(uri: str, endpoint: str | None = None):
+    """The fsspec filesystem holding ``uri`` (Ray Data and pyarrow accept it as ``filesystem=``)."""
+    return url_to_fs(uri, endpoint)[0]
+
+
+def join_uri(base: str, *names: str) -> str:
+    out = normalize_uri(base).rstrip("/")
+    for n in names:
+        out = out + "/" + n.strip("/")
+    return out
+
+
+def to_uri(fs, path: str) -> str:
+    """Inverse of :func:`url_to_fs`: a full URI for ``path`` on ``fs``."""
+    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if proto in ("file", "local"):
+        return path
+    return f"{proto}://{path}" if "://" not in path else path
+
+
+def is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
+    """Write a whole object atomically: a reader sees the old object or the complete new one.
+
+    Local files are written to a hidden temporary name beside the target and renamed; on
+    object stores a single PUT publishes the object only when its upload completes.
+    """
+    fs, path = url_to_fs(uri, endpoint)
+    parent = path.rsplit("/", 1)[0]
+    if is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:  # object stores publish an object only when its upload completes
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+
+
+def read_bytes(uri: str, endpoint: str | None = None) -> bytes:
+    fs, path = url_to_fs(uri, endpoint)
+    with fs.open(path, "rb") as fh:
+        return fh.read()
+
+
+def exists(uri: str, endpoint: str | None = None) -> bool:
+    fs, path = url_to_fs(uri, endpoint)
+    return fs.exists(path)
+
+
+def open_text(uri: str, endpoint: str | None = None):
+    """A text file open for writing at ``uri`` (any fsspec URI, the S3 endpoint honoured)."""
+    import fsspec
+
+    uri = normalize_uri(uri)
+    return fsspec.open(uri, "w", **storage_options(uri, endpoint))
+
+
+def write_text(uri: str, text: str, endpoint: str | None = None) -> None:
+    """:func:`write_bytes` of UTF-8 text."""
+    write_bytes(uri, text.encode("utf-8"), endpoint)
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    """A safe file name for a query or an input name: no separators, no dots first, bounded length."""
+    s = re.sub(r"[^\w\-]+", "_", text.strip(), flags=re.UNICODE).strip("_.")
+    return (s[:max_len] or "query").lower()
