@@ -28,7 +28,7 @@ from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import load_config
 from clipsep_ray.data import schema
 from clipsep_ray.data.shards import READ_COLUMNS, RowPrep, eval_rows
-from clipsep_ray.evaluate import BOUND_METHODS, eval_pairs, evaluate_rows
+from clipsep_ray.evaluation.protocol import BOUND_METHODS, eval_pairs, evaluate_rows
 from clipsep_ray.models.registry import build_model
 from clipsep_ray.train.loop import make_optimizer, train_step
 
@@ -78,7 +78,7 @@ def main(argv=None) -> list[dict]:
                 point = {"step": step, "train_s": round(train_s, 1), "s_per_step": round(train_s / step, 3),
                          "loss": round(metrics["loss"], 4), "overrides": args.overrides, "precision": args.precision,
                          "val_clips": len(val["audio"]), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                         **{f"sdri_{r['method'] if r['method'] in BOUND_METHODS else r['query']}":
+                         **{f"sdri_{r['method'] if r['method'] in BOUND_METHODS else r['query_kind']}":
                             round(r["sdri_mean"], 2) for r in summary}}
                 print(json.dumps(point), flush=True)
                 curve.append(point)

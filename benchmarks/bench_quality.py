@@ -45,7 +45,8 @@ def main(argv=None) -> list[dict]:
 
     from clipsep_ray.config import load_config
     from clipsep_ray.demo import _copy_checkpoint, prepare_world
-    from clipsep_ray.evaluate import evaluate_checkpoint, markdown_table
+    from clipsep_ray.evaluation import evaluate_checkpoint
+    from clipsep_ray.evaluation.protocol import markdown_table
     from clipsep_ray.synth.world import CLASSES
     from clipsep_ray.train.trainer import train
 
@@ -73,12 +74,15 @@ def main(argv=None) -> list[dict]:
             if os.path.exists(done_file):  # finished by an earlier, interrupted invocation: reuse it
                 with open(done_file) as fh:
                     result = json.load(fh)
+                for r in result:  # results written before the rename of "query" to "query_kind"
+                    if "query" in r:
+                        r["query_kind"] = r.pop("query")
                 print(f"[bench] {name}: reusing {done_file}", flush=True)
             else:
                 summary = train(cfg)
                 ckpt = os.path.join(out, "checkpoints", name)
                 _copy_checkpoint(summary["best_checkpoint"] or summary["latest_checkpoint"], ckpt)
-                result = evaluate_checkpoint(ckpt, test_uri, os.path.join(out, name), train_data=world)
+                result = evaluate_checkpoint(ckpt, test_uri, os.path.join(out, name), train_data=world).summary
                 for r in result:
                     r["train_eval_s"] = round(time.time() - t0, 1)
                 with open(done_file, "w") as fh:

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     b = cfg.train.batch_size
     g = torch.Generator(device=dev).manual_seed(0)
     batch = {"audio": (torch.rand(b, cfg.audio.clip_samples, device=dev, generator=g) - 0.5),
-             "query": torch.randn(b, cfg.model.embed_dim, device=dev, generator=g),
+             "image_query": torch.randn(b, cfg.model.embed_dim, device=dev, generator=g),
              "clip_index": torch.arange(b, device=dev)}
     amp = torch.bfloat16 if args.precision == "bf16" else None
     if dev.type == "cuda":

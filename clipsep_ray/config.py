@@ -343,9 +343,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def save_config(cfg: Config, uri: str) -> None:
-    """Write the resolved config as YAML to any fsspec URI."""
-    import fsspec
+def save_config(cfg: Config, uri: str, endpoint: str | None = None) -> None:
+    """Write the resolved config as YAML to any fsspec URI (atomically)."""
+    from clipsep_ray.storage import write_text
 
-    with fsspec.open(uri, "w") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    write_text(uri, yaml.safe_dump(cfg.to_dict(), sort_keys=False), endpoint)

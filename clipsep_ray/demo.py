@@ -11,13 +11,11 @@ Ray's logical CPUs are planned so training workers never starve Ray Data
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from clipsep_ray.config import load_config
 
@@ -26,31 +24,18 @@ def _log(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipsep-ray demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo-out", help="report folder (default ./demo-out)")
-    p.add_argument("--storage", default=None,
-                   help="object store for shards and runs: a local folder (default OUT/store) or s3://bucket/prefix")
-    p.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
-    p.add_argument("--clips", type=int, default=360, help="training videos in the synthetic world")
-    p.add_argument("--test-clips", type=int, default=60, help="test (and validation) videos")
-    p.add_argument("--steps", type=int, default=1800, help="training steps (global batch: the tiny preset's 32)")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.add_argument("--clip-steps", type=int, default=None, help="small-CLIP training steps (default: its own)")
-    p.add_argument("--clip-pictures", type=int, default=None,
-                   help="small-CLIP training pictures per class (default: its own)")
-    p.add_argument("--examples", type=int, default=3, help="example mixtures in the report")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for training (tiny preset)")
-    return p
+def run_demo(out: str = "demo-out", *, storage: str | None = None, address: str | None = None, clips: int = 360,
+             test_clips: int = 60, steps: int = 1800, workers: int = 2, clip_steps: int | None = None,
+             clip_pictures: int | None = None, examples: int = 3, seed: int = 0,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole flow (see the module docstring); returns what ``OUT/demo.json`` holds."""
+    from clipsep_ray.evaluation import evaluate_checkpoint
+    from clipsep_ray.evaluation.protocol import markdown_table
+    from clipsep_ray.train.trainer import train
 
-
-def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
     t_start = time.time()
-    out = os.path.abspath(args.out)
-    store = (args.storage or os.path.join(out, "store")).rstrip("/")
+    out = os.path.abspath(out)
+    store = (storage or os.path.join(out, "store")).rstrip("/")
     os.makedirs(out, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -62,20 +47,17 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
         timings[name] = round(time.time() - timings[name], 1)
 
     stage("data")
-    data = prepare_world(out, store, split="clean", clips=args.clips, test_clips=args.test_clips, seed=args.seed,
-                         clip_steps=args.clip_steps, clip_pictures=args.clip_pictures, address=args.address)
+    data = prepare_world(out, store, split="clean", clips=clips, test_clips=test_clips, seed=seed,
+                         clip_steps=clip_steps, clip_pictures=clip_pictures, address=address)
     done("data")
-    cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}", f"train.max_steps={args.steps}",
-                               f"train.decay_steps={args.steps}", f"train.num_workers={args.workers}",
-                               f"train.seed={args.seed}", f"run.storage_path={store}/runs", "run.name=demo",
-                               f"train.checkpoint_every={max(1, args.steps // 6)}",
+    cfg = load_config("tiny", [f"query.clip_pretrained={data['clip_checkpoint']}", f"train.max_steps={steps}",
+                               f"train.decay_steps={steps}", f"train.num_workers={workers}",
+                               f"train.seed={seed}", f"run.storage_path={store}/runs", "run.name=demo",
+                               f"train.checkpoint_every={max(1, steps // 6)}",
                                f"data.train_uri={data['train']}", f"data.val_uri={data['val']}",
-                               "data.val_clips=24"] + list(args.overrides))
-    counts = data["counts"]
+                               "data.val_clips=24"] + list(overrides))
 
     # 4. train with image queries only (labels are never read: train.mode=image).
-    from clipsep_ray.train.trainer import train
-
     stage("train")
     summary = train(cfg)
     done("train")
@@ -85,21 +67,19 @@ def main_demo(argv: list[str] | None = None) -> dict[str, Any]:
     _log(f"best checkpoint {best} -> {ckpt_dir}")
 
     # 5. evaluate on the test set with text (prompt ensemble) and image queries.
-    from clipsep_ray.evaluate import evaluate_checkpoint, markdown_table
-
     stage("evaluate")
-    rows = evaluate_checkpoint(ckpt_dir, data["test"], out, train_data="clean")
+    rows = evaluate_checkpoint(ckpt_dir, data["test"], out, train_data="clean").summary
     done("evaluate")
     table = markdown_table(rows)
     print(table)
 
     # 6. example separations and the report page.
     stage("report")
-    examples = _examples(ckpt_dir, cfg, data["test"], out, args.examples)
-    _write_report(out, table, examples, rows, timings, time.time() - t_start)
+    shown = _examples(ckpt_dir, data["test"], out, examples)
+    _write_report(out, table, shown, rows, timings, time.time() - t_start)
     done("report")
     result = {"out": out, "checkpoint": ckpt_dir, "results": rows, "timings_s": timings,
-              "total_s": round(time.time() - t_start, 1), "counts": counts}
+              "total_s": round(time.time() - t_start, 1), "counts": data["counts"]}
     with open(os.path.join(out, "demo.json"), "w") as fh:
         json.dump(result, fh, indent=1, default=str)
     _log(f"done in {result['total_s']} s: open {os.path.join(out, 'index.html')}")
@@ -126,10 +106,9 @@ def prepare_world(out: str, store: str, *, split: str = "clean", clips: int = 36
     clip = ensure_clip(os.path.join(out, "cache", "clip"), seed=seed, **clip_kw)
     _log(f"small CLIP: zero-shot accuracy {clip.get('zero_shot_accuracy')} "
          f"({'cached' if clip['cached'] else 'trained'})")
-    import ray
+    from clipsep_ray.runtime import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False}))
+    init_ray(address, dashboard=False)
     from clipsep_ray.data.embed import embed
     from clipsep_ray.data.ingest import IngestOptions, ingest
 
@@ -151,14 +130,16 @@ def prepare_world(out: str, store: str, *, split: str = "clean", clips: int = 36
 def _copy_checkpoint(uri: str, dest: str) -> None:
     import fsspec
 
+    from clipsep_ray.models.checkpoint import FILENAME
+
     fs, path = fsspec.core.url_to_fs(uri)
     if os.path.exists(dest):
         shutil.rmtree(dest)
     os.makedirs(dest)
-    fs.get(path.rstrip("/") + "/model.pt", os.path.join(dest, "model.pt"))
+    fs.get(path.rstrip("/") + "/" + FILENAME, os.path.join(dest, FILENAME))
 
 
-def _examples(ckpt_dir: str, cfg, test_uri: str, out: str, count: int) -> list[dict]:
+def _examples(ckpt_dir: str, test_uri: str, out: str, count: int) -> list[dict]:
     """Mix pairs of test clips of different classes, separate with the target's class name as text query."""
     import numpy as np
 
@@ -210,7 +191,3 @@ def _write_report(out: str, table: str, examples: list[dict], rows: list[dict], 
     page = html_page("clipsep-ray demo", table, examples, notes)
     with open(os.path.join(out, "index.html"), "w") as fh:
         fh.write(page)
-
-
-if __name__ == "__main__":
-    main_demo(sys.argv[1:])

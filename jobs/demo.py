@@ -1,9 +1,5 @@
-"""`ray job submit --working-dir . -- python jobs/demo.py ...`: see clipsep_ray.demo.main_demo."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for --working-dir
-from clipsep_ray.demo import main_demo  # noqa: E402
+"""`ray job submit --working-dir . -- python jobs/demo.py ...`: the same as `clipsep-ray demo ...`."""
+from _job import run  # jobs/ is on sys.path: Python puts a script's folder there
 
 if __name__ == "__main__":
-    main_demo(sys.argv[1:])
+    run("demo")

@@ -1,9 +1,5 @@
-"""`ray job submit --working-dir . -- python jobs/embed.py ...`: see clipsep_ray.data.embed.main_embed."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo, for --working-dir
-from clipsep_ray.data.embed import main_embed  # noqa: E402
+"""`ray job submit --working-dir . -- python jobs/embed.py ...`: the same as `clipsep-ray embed ...`."""
+from _job import run  # jobs/ is on sys.path: Python puts a script's folder there
 
 if __name__ == "__main__":
-    main_embed(sys.argv[1:])
+    run("embed")

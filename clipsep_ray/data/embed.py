@@ -17,7 +17,6 @@ Labels, where the shards have them, get text embeddings in
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 from clipsep_ray import storage
 from clipsep_ray.data import schema
-from clipsep_ray.data.ingest import ensure_ray
+from clipsep_ray.runtime import init_ray
 
 TEXT_SCHEMA_FIELDS = ("label", "embedding", "embedding_ensemble", "prompt_template", "prompt_ensemble",
                       "embedding_model")
@@ -177,7 +176,7 @@ def embed(shards_uri: str, output_uri: str, clip_model: str, clip_pretrained: st
     if not srcs:
         raise FileNotFoundError(f"no shards (*.parquet) under {shards_uri}")
     dsts = [storage.join_uri(output_uri, s.rsplit("/", 1)[-1]) for s in srcs]
-    ensure_ray(address)
+    init_ray(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     size = actors or max(1, gpus)
     size = min(size, len(srcs))
@@ -231,36 +230,3 @@ def load_text_embeddings(uri: str, ensemble: bool = False, endpoint: str | None 
     col = "embedding_ensemble" if ensemble else "embedding"
     return {lab: np.asarray(e, np.float32) for lab, e in zip(table.column("label").to_pylist(),
                                                               table.column(col).to_pylist())}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipsep-ray embed", description="Shards -> shards with CLIP frame embeddings (Ray Data).")
-    p.add_argument("shards_uri")
-    p.add_argument("output_uri", help="output folder (may equal SHARDS_URI: shards are rewritten in place)")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. query.clip_model=ViT-B-32")
-    p.add_argument("--config", default="paper", help="preset or YAML: default CLIP model, weights and prompts")
-    p.add_argument("--clip-model", help="open_clip model name (default: the config's query.clip_model)")
-    p.add_argument("--clip-pretrained", help="open_clip tag or local/remote checkpoint (default: the config's)")
-    p.add_argument("--clip-config-dir", help="folder of extra open_clip model configs (JSON), reachable by workers")
-    p.add_argument("--batch-size", type=int, default=256, help="frames per model call")
-    p.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1)")
-    p.add_argument("--overwrite", action="store_true", help="recompute shards that are already embedded")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local cluster)")
-    return p
-
-
-def main_embed(argv: list[str] | None = None) -> dict:
-    """``SHARDS_URI OUTPUT_URI --clip-model NAME --clip-pretrained PATH_OR_TAG [--config ...]``."""
-    from clipsep_ray.config import load_config
-
-    args = build_parser().parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    q = cfg.query
-    result = embed(args.shards_uri, args.output_uri, args.clip_model or q.clip_model,
-                   q.clip_pretrained if args.clip_pretrained is None else args.clip_pretrained,
-                   clip_config_dir=args.clip_config_dir, prompt_template=q.prompt_template,
-                   prompt_ensemble=q.prompt_ensemble, batch_size=args.batch_size, actors=args.actors,
-                   overwrite=args.overwrite, endpoint=args.endpoint_url, address=args.address)
-    print(json.dumps(result, indent=1))
-    return result

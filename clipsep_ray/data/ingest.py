@@ -19,7 +19,6 @@ part files that no manifest references (a crashed run) are removed.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -35,6 +34,7 @@ import numpy as np
 
 from clipsep_ray import storage
 from clipsep_ray.data import schema
+from clipsep_ray.runtime import init_ray
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
 _PART_RE = re.compile(r"^part-[0-9a-f]{16}-\d{3}\.parquet$")
@@ -381,14 +381,6 @@ def ingest_group(batch: dict, output_uri: str, opts: dict, endpoint: str | None)
 
 
 # -- the job -----------------------------------------------------------------------------
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS / a running cluster), else start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True) if address else ray.init()
-
-
 def _load_manifest(output_uri: str, endpoint: str | None) -> dict | None:
     uri = storage.join_uri(output_uri, schema.MANIFEST_NAME)
     try:
@@ -441,7 +433,7 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
 
     rows: list[dict] = []
     if todo:
-        ensure_ray(address)
+        init_ray(address)
         groups = plan_groups(todo, opts)
         ds = ray.data.from_items(groups, override_num_blocks=len(groups))
         ds = ds.map_batches(ingest_group, batch_size=1, num_cpus=1,
@@ -494,43 +486,4 @@ def ingest(input_uri: str | None, output_uri: str, opts: IngestOptions | None = 
                 "files": done, "shards": shards, "last_run": {k: v for k, v in result.items() if k != "shards"}}
     storage.write_bytes(storage.join_uri(output_uri, schema.MANIFEST_NAME),
                        json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"), endpoint)
-    return result
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipsep-ray ingest", description="Video files -> Parquet clip shards (Ray Data).")
-    p.add_argument("input_uri", help="folder, s3:// prefix, one video, or an index CSV (path[,label][,clip_id][,...]); "
-                                     "'-' with --index")
-    p.add_argument("output_uri", help="output folder / prefix for shards, _errors.parquet, _manifest.json")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. audio.sample_rate=16000")
-    p.add_argument("--index", help="CSV listing the videos (relative paths resolve against its folder; an optional "
-                                    "clip_id column names each video, and clip ids then do not depend on where "
-                                    "the files are stored)")
-    p.add_argument("--config", default="paper", help="preset name or YAML (sets audio.sample_rate, query.fps)")
-    p.add_argument("--clip-seconds", type=float, default=10.0)
-    p.add_argument("--min-clip-seconds", type=float, default=None, help="default: min(8, clip seconds)")
-    p.add_argument("--frame-size", type=int, default=224)
-    p.add_argument("--rows-per-shard", type=int, default=1000)
-    p.add_argument("--shard-mb", type=float, default=256.0)
-    p.add_argument("--files-per-task", type=int, default=32)
-    p.add_argument("--overwrite", action="store_true", help="re-ingest files already in the output")
-    p.add_argument("--endpoint-url", help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local cluster)")
-    return p
-
-
-def main_ingest(argv: list[str] | None = None) -> dict:
-    """``INPUT_URI OUTPUT_URI [--index CSV] [--clip-seconds S] [--config P] [--address A] [k=v ...]``."""
-    from clipsep_ray.config import load_config
-
-    args = build_parser().parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    opts = IngestOptions(sample_rate=cfg.audio.sample_rate, clip_seconds=args.clip_seconds,
-                         min_clip_seconds=args.min_clip_seconds, fps=cfg.query.fps, frame_size=args.frame_size,
-                         max_rows_per_shard=args.rows_per_shard, max_bytes_per_shard=int(args.shard_mb * (1 << 20)),
-                         files_per_task=args.files_per_task)
-    inp = None if args.input_uri == "-" else args.input_uri
-    result = ingest(inp, args.output_uri, opts, index=args.index, overwrite=args.overwrite,
-                    endpoint=args.endpoint_url, address=args.address)
-    print(json.dumps({k: v for k, v in result.items() if k != "shards"}, indent=1))
     return result

@@ -1,6 +1,6 @@
 """Streaming training rows from shards (Ray Data), and deterministic evaluation rows.
 
-Per row (REFERENCE.md, "Query conditioning" and "Audio front end"):
+Per row (docs/METHOD.md, "Query conditioning (late fusion)" and "Audio front end"):
 
 * frames are at 1 fps; the query centre ``c`` (1-based, in seconds) is drawn uniformly
   from [4, n - 3] for training (n = the clip's whole seconds of frames; shorter clips use
@@ -14,8 +14,8 @@ Rows that cannot be prepared (corrupt FLAC, no embeddings, no label where text q
 are asked for) are skipped, never replaced by zeros, and counted in :class:`PrepStats`
 (a small Ray actor, safe to update from any Ray Data task). Output columns are numeric
 only (``iter_torch_batches`` cannot carry binary columns): ``audio`` (T,) float32,
-``query`` (D,) float32, ``clip_index`` int64 (a stable number derived from the clip id),
-and with text embeddings ``text_query`` (D,) float32 and ``label_id`` int64.
+``image_query`` (D,) float32 (the pooled frame embeddings), ``clip_index`` int64 (a stable
+number derived from the clip id), and with text embeddings ``text_query`` (D,) float32 and ``label_id`` int64.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipsep_ray.config import Config
 from clipsep_ray import storage
+from clipsep_ray.config import Config
 from clipsep_ray.data import schema
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 READ_COLUMNS = ["clip_id", "source_uri", "audio", "sample_rate", "num_samples", "fps", "image_embeddings",
                 "embedding_model"]
 SMALL_SET_FILES = 256  # shard sets up to this many files may be repeated per pass or cached
-NUMERIC_COLUMNS = ("audio", "query", "clip_index", "text_query", "label_id")
+NUMERIC_COLUMNS = ("audio", "image_query", "clip_index", "text_query", "label_id")
 _calls = itertools.count()  # per-process: successive epochs draw different centres
 
 
@@ -211,7 +211,7 @@ class RowPrep:
         fps = cols["fps"].to_pylist() if "fps" in cols else [1.0] * n
         labels = cols["label"].to_pylist() if "label" in cols else [None] * n
         emb = _EmbeddingView(cols["image_embeddings"])
-        out = {"audio": [], "query": [], "clip_index": [], "text_query": [], "label_id": []}
+        out = {"audio": [], "image_query": [], "clip_index": [], "text_query": [], "label_id": []}
         failures = []
         for i in range(n):
             try:
@@ -241,7 +241,7 @@ class RowPrep:
                 failures.append((ids[i], sources[i], str(exc)))
                 continue
             out["audio"].append(wave)
-            out["query"].append(q)
+            out["image_query"].append(q)
             out["clip_index"].append(schema.clip_index(ids[i]))
             if text_q is not None:
                 out["text_query"].append(text_q)
@@ -249,7 +249,7 @@ class RowPrep:
         d = self.embed_dim or 0
         res = {
             "audio": np.stack(out["audio"]) if out["audio"] else np.zeros((0, self.clip_samples), np.float32),
-            "query": np.stack(out["query"]).astype(np.float32) if out["query"] else np.zeros((0, d), np.float32),
+            "image_query": np.stack(out["image_query"]).astype(np.float32) if out["image_query"] else np.zeros((0, d), np.float32),
             "clip_index": np.asarray(out["clip_index"], np.int64),
         }
         if self.text is not None:
@@ -260,7 +260,8 @@ class RowPrep:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_text(uri: str | None, ensemble: bool, endpoint: str | None):
+def cached_text_embeddings(uri: str | None, ensemble: bool, endpoint: str | None):
+    """{label: (D,) text embedding} of a text-embeddings table, read once per process (None: None)."""
     if uri is None:
         return None
     from clipsep_ray.data.embed import load_text_embeddings
@@ -271,7 +272,7 @@ def _cached_text(uri: str | None, ensemble: bool, endpoint: str | None):
 def _prep_batch(batch, cfg: Config, mode: str, seed: int, stats: PrepStats | None, text_uri: str | None,
                 endpoint: str | None):
     """Ray Data UDF: a pyarrow batch of shard rows -> numeric rows; failures go to ``stats``."""
-    prep = RowPrep.from_config(cfg, _cached_text(text_uri, False, endpoint), mode)
+    prep = RowPrep.from_config(cfg, cached_text_embeddings(text_uri, False, endpoint), mode)
     ids = batch.column("clip_id").to_pylist()
     key = zlib.crc32("".join(ids[:4]).encode())
     rng = np.random.default_rng([seed, key, next(_calls)])
@@ -283,7 +284,8 @@ def _prep_batch(batch, cfg: Config, mode: str, seed: int, stats: PrepStats | Non
     return out
 
 
-def _paths_and_fs(uri, endpoint: str | None):
+def paths_and_filesystem(uri, endpoint: str | None):
+    """Shard paths under ``uri`` and their filesystem, as Ray Data's ``read_parquet`` takes them."""
     files = schema.list_shards(uri, endpoint)
     if not files:
         raise FileNotFoundError(f"no shards (*.parquet) under {uri}")
@@ -300,6 +302,20 @@ def count_rows(paths: list[str], fs) -> int:
         with fs.open(path, "rb") as fh:
             total += pq.ParquetFile(fh).metadata.num_rows
     return total
+
+
+def count_shard_rows(uri, endpoint: str | None = None) -> int:
+    """Rows of the shards under ``uri`` (Parquet footers only)."""
+    return count_rows(*paths_and_filesystem(uri, storage.endpoint_url(endpoint)))
+
+
+def check_unique_clip_ids(ids, where) -> None:
+    """Refuse a test set that holds a clip twice (e.g. a shard copied under a second name)."""
+    ids = sorted(ids)
+    dupes = sorted({c for a, c in zip(ids, ids[1:]) if a == c})
+    if dupes:
+        raise ValueError(f"{where}: clip ids are not unique ({len(dupes)} repeated, e.g. {dupes[0]!r}); "
+                         "each test clip must appear once")
 
 
 def _total_bytes(paths: list[str], fs) -> int:
@@ -341,7 +357,7 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     from ray.data import FileShuffleConfig
 
     endpoint = storage.endpoint_url(endpoint)
-    paths, fs = _paths_and_fs(uri, endpoint)
+    paths, fs = paths_and_filesystem(uri, endpoint)
     # Listings per pass (Ray Data reads a path given twice only once: repeat by union). Only
     # small sets are inspected: each footer or size is one request, and many shards mean many rows.
     small = len(paths) <= SMALL_SET_FILES
@@ -369,7 +385,7 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
 
 def iter_training_batches(ds, batch_size: int, shuffle_buffer: int | None = None, *, device="auto",
                           seed: int | None = None, drop_last: bool = True, prefetch_batches: int = 2):
-    """Torch batches {audio (B, T), query (B, D), clip_index (B,), ...} from a prepared dataset
+    """Torch batches {audio (B, T), image_query (B, D), clip_index (B,), ...} from a prepared dataset
     (or a Ray Train ``DataIterator`` shard of it), through a local shuffle buffer."""
     return ds.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=shuffle_buffer or None,
                                  local_shuffle_seed=seed, drop_last=drop_last, device=device,
@@ -393,7 +409,7 @@ def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: st
     """Deterministic validation/test rows, read locally (no Ray): c = n // 2, no randomness.
 
     Rows are sorted by clip id (``limit`` keeps the first ones). Returns numpy arrays
-    ``audio`` (M, T), ``query`` (M, D), ``clip_index`` (M,), lists ``clip_id``,
+    ``audio`` (M, T), ``image_query`` (M, D), ``clip_index`` (M,), lists ``clip_id``,
     ``source_uri``, ``label``, and ``skipped``/``failures``; with ``text_embeddings``
     also ``text_query`` (M, D) (the prompt-ensemble mean unless ``ensemble=False``) and
     ``label_id``; rows without a known label are then skipped.
@@ -408,9 +424,10 @@ def eval_rows(uri, cfg: Config, *, limit: int | None = None, text_embeddings: st
     if table is None or table.num_rows == 0:
         raise FileNotFoundError(f"no rows in shards under {uri}")
     table = table.take(pa.compute.sort_indices(table, [("clip_id", "ascending")]))
+    check_unique_clip_ids(table.column("clip_id").to_pylist(), uri)
     if limit is not None:
         table = table.slice(0, limit)
-    text = _cached_text(text_embeddings, ensemble, endpoint) if text_embeddings else None
+    text = cached_text_embeddings(text_embeddings, ensemble, endpoint) if text_embeddings else None
     prep = RowPrep.from_config(cfg, text, "eval")
     out, failures = prep.prepare(table, "eval")
     out.update(kept_columns(table, failures, ("clip_id", "source_uri", "label")))

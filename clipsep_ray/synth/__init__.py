@@ -9,7 +9,7 @@ model trained contrastively on the pictures and captions of the world.
 Modules (nothing heavy is imported here):
 - ``world``: the class registry (``CLASSES``, ``render_sound``, ``render_picture``,
   ``make_scene``); ``sounds`` and ``pictures`` hold the generators.
-- ``videos``: MP4 + ``index.csv`` writing, ``ensure_world``, ``main_synth``.
+- ``videos``: MP4 + ``index.csv`` writing, ``ensure_world`` (command: ``clipsep-ray synth``).
 - ``clip``: the small CLIP (``register_configs``, ``train_clip``, ``ensure_clip``,
-  ``zero_shot_accuracy``, ``main_synth_clip``).
+  ``zero_shot_accuracy``; command: ``clipsep-ray synth-clip``).
 """

@@ -29,7 +29,6 @@ by cosine similarity, on held-out pictures drawn from a separate seed stream.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -326,27 +325,3 @@ def ensure_clip(out_dir, seed: int = 0, log=print, threads: int | None = None, *
             and (out_dir / WEIGHTS_NAME).exists()):
         return {**old, "checkpoint": str(out_dir / WEIGHTS_NAME), "cached": True}
     return {**train_clip(spec, out_dir, log=log, threads=threads), "cached": False}
-
-
-def main_synth_clip(argv: list[str] | None = None) -> dict:
-    """``clipsep-ray synth-clip OUT_DIR [--seed S] [--steps N] ...``: train and save the small CLIP."""
-    d = ClipSpec()
-    p = argparse.ArgumentParser(prog="clipsep-ray synth-clip",
-                                description="Train the small CLIP of the synthetic world and save it.")
-    p.add_argument("out_dir")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--train-per-class", type=int, default=d.train_per_class)
-    p.add_argument("--heldout-per-class", type=int, default=d.heldout_per_class)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--eval-world", default=None, metavar="INDEX_CSV",
-                   help="also report zero-shot accuracy on the test videos of a world (its index.csv)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads while training (1 is safer on a busy machine)")
-    a = p.parse_args(argv)
-    result = ensure_clip(a.out_dir, seed=a.seed, steps=a.steps, batch_size=a.batch_size, threads=a.threads,
-                         train_per_class=a.train_per_class, heldout_per_class=a.heldout_per_class, lr=a.lr)
-    if a.eval_world:
-        result.update(video_frame_accuracy(result["checkpoint"], a.eval_world))
-    return result

@@ -24,7 +24,6 @@ asked for: a world of 100 clips is a prefix of a world of 300 with the same seed
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -279,23 +278,3 @@ def ensure_world(out_dir, clips: int = 280, seed: int = 0, split: str = "clean",
                           for subset, n in spec.counts().items() for i in range(n)))
     manifest = old if cached else generate_world(spec, out_dir, workers)
     return {**manifest, "cached": cached, "index": str(out_dir / "index.csv"), "out_dir": str(out_dir)}
-
-
-def main_synth(argv: list[str] | None = None) -> dict:
-    """``clipsep-ray synth OUT_DIR [--clips N] [--split clean|noisy] [--seed S]``."""
-    p = argparse.ArgumentParser(prog="clipsep-ray synth",
-                                description="Write the synthetic world as MP4 videos + index.csv.")
-    p.add_argument("out_dir")
-    p.add_argument("--clips", type=int, default=280, help="training clips (val/test: max(#classes, clips/10) each)")
-    p.add_argument("--split", choices=["clean", "noisy"], default="clean", help="training condition")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-clips", type=int, default=None)
-    p.add_argument("--test-clips", type=int, default=None)
-    p.add_argument("--fps", type=int, default=4)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--codec", choices=["mpeg4", "libx264"], default="mpeg4",
-                   help="video codec: mpeg4 is byte-deterministic, libx264 (H.264) only in content")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    a = p.parse_args(argv)
-    return ensure_world(a.out_dir, clips=a.clips, seed=a.seed, split=a.split, workers=a.workers,
-                        val_clips=a.val_clips, test_clips=a.test_clips, fps=a.fps, size=a.size, codec=a.codec)

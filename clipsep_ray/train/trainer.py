@@ -2,36 +2,30 @@
 
 ``train(cfg)`` builds the Ray Data pipeline (``data.shards.training_dataset``), the
 deterministic validation set, and a ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU)
-whose workers run :func:`clipsep_ray.train.loop.train_loop_per_worker`. Re-running with
+whose workers run :func:`clipsep_ray.train.worker.train_loop_per_worker`. Re-running with
 the same ``run.name`` and ``run.storage_path`` resumes from the latest checkpoint (Ray
 Train V2); ``run.max_failures`` restarts dead workers from the last checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
-import yaml
+from clipsep_ray import storage
+from clipsep_ray.config import Config, save_config
 
-from clipsep_ray.config import Config, load_config
-
-
-def _text_embeddings_uri(cfg: Config) -> str | None:
-    from clipsep_ray.data import schema
-
-    uri = cfg.data.text_embeddings or storage.join_uri(cfg.data.train_uri, schema.TEXT_EMBEDDINGS_NAME)
-    return uri if storage.exists(uri, cfg.data.s3_endpoint or None) else None
+if TYPE_CHECKING:
+    from clipsep_ray.train.worker import StepHook
 
 
 def validation_set(cfg: Config, val_source, text_uri: str | None):
-    """Deterministic validation mixtures (REFERENCE.md protocol): c = n // 2, halved, pairs by index."""
+    """Deterministic validation mixtures (docs/METHOD.md, "Evaluation protocol"): c = n // 2, halved,
+    pairs by index."""
     import torch
 
     from clipsep_ray.data.shards import eval_rows
-    from clipsep_ray.evaluate import eval_pairs
+    from clipsep_ray.evaluation.protocol import eval_pairs
     from clipsep_ray.train.loop import ValSet
 
     # Validation text queries use the training template ("a photo of [label]"), not the evaluation ensemble.
@@ -42,7 +36,7 @@ def validation_set(cfg: Config, val_source, text_uri: str | None):
         raise ValueError(f"validation needs at least 2 clips, {val_source} gave {n}")
     text = torch.as_tensor(rows["text_query"]) if "text_query" in rows else None
     labels = torch.as_tensor(rows["label_id"]) if "label_id" in rows else None
-    return ValSet(torch.as_tensor(rows["audio"]), torch.as_tensor(rows["query"]), text,
+    return ValSet(torch.as_tensor(rows["audio"]), torch.as_tensor(rows["image_query"]), text,
                   torch.as_tensor(eval_pairs(n, labels=rows.get("label"))), labels)
 
 
@@ -57,23 +51,27 @@ def ray_storage(path: str, endpoint: str | None):
     return (os.path.abspath(path) if "://" not in path else path), None
 
 
-def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics."""
-    import ray
+def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics.
+
+    ``hooks`` run in every worker after every step (see ``train.worker.StepHook``).
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clipsep_ray.data import schema
+    from clipsep_ray.data.schema import text_embeddings_uri
     from clipsep_ray.data.shards import PrepStats, split_shards, training_dataset
-    from clipsep_ray.train.loop import train_loop_per_worker
+    from clipsep_ray.models.registry import model_class
+    from clipsep_ray.runtime import cluster_cpus, init_ray, worker_thread_env
+    from clipsep_ray.train.worker import train_loop_per_worker
 
     if not cfg.data.train_uri:
         raise ValueError("data.train_uri is not set: give the embedded shards to train on")
     endpoint = storage.endpoint_url(cfg.data.s3_endpoint or None)
-    if not ray.is_initialized():
-        ray.init(address=address, **({} if address else {"num_cpus": os.cpu_count()}))
-    text_uri = _text_embeddings_uri(cfg)
-    if cfg.train.mode in ("text", "hybrid") and not text_uri and cfg.model.arch == "clipsep":
+    init_ray(address)
+    text_uri = text_embeddings_uri(cfg.data.train_uri, cfg.data.text_embeddings or None, endpoint)
+    columns = model_class(cfg.model).training_columns(cfg.train.mode)
+    if "text_query" in columns and not text_uri:
         raise ValueError(f"train.mode={cfg.train.mode} needs text embeddings of labels: none at "
                          f"{cfg.data.train_uri}/_text_embeddings.parquet (run embed on labelled shards)")
     train_src, val_src = cfg.data.train_uri, cfg.data.val_uri
@@ -82,27 +80,24 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
         if not val_src or not train_src:
             raise ValueError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
                              f"set data.val_uri")
-    needs_text = cfg.train.mode != "image" or cfg.model.arch == "labelsep"
+    needs_text = bool(columns & {"text_query", "label_id"})
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
                           text_embeddings=text_uri if needs_text else None,
                           min_rows_per_pass=cfg.data.min_rows_per_pass, prep_cpus=cfg.data.prep_cpus,
                           cache_mb=cfg.data.cache_mb)
     val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 and val_src else None
-    storage, fs = ray_storage(cfg.run.storage_path, endpoint)
+    storage_path, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    threads = max(1, int(cpus // max(1, workers)))
-    loop_config = {"config": cfg.to_dict(), "val": val, "fail_at_step": fail_at_step,
-                   "fail_marker": os.path.join(os.path.abspath(cfg.run.storage_path), f".{cfg.run.name}.failed")
-                   if fail_at_step else None}
+    threads = max(1, int(cluster_cpus() // max(1, workers)))
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config, datasets={"train": ds},
+        train_loop_per_worker, train_loop_config={"config": cfg.to_dict(), "val": val, "hooks": list(hooks)},
+        datasets={"train": ds},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=storage, storage_filesystem=fs,
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}},
+            name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
+            worker_runtime_env={"env_vars": worker_thread_env(threads)},
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep,
                                                          checkpoint_score_attribute="val_sdr" if val else "step",
@@ -119,19 +114,9 @@ def train(cfg: Config, *, address: str | None = None, fail_at_step: int | None =
         print(f"[train] skipped {summary['data']['rows_skipped']} unreadable rows: {summary['data']['reasons']}",
               flush=True)
     run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
-    with schema_open(f"{run_dir}/config.yaml", endpoint) as fh:
-        fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    with schema_open(f"{run_dir}/summary.json", endpoint) as fh:
-        fh.write(json.dumps(summary, indent=1, default=str))
+    save_config(cfg, f"{run_dir}/config.yaml", endpoint)
+    storage.write_text(f"{run_dir}/summary.json", json.dumps(summary, indent=1, default=str), endpoint)
     return summary
-
-
-def schema_open(uri: str, endpoint: str | None):
-    import fsspec
-
-    from clipsep_ray.data import schema
-
-    return fsspec.open(uri, "w", **storage.storage_options(uri, endpoint))
 
 
 def _uri(checkpoint, cfg: Config) -> str | None:
@@ -139,32 +124,3 @@ def _uri(checkpoint, cfg: Config) -> str | None:
         return None
     return ("s3://" + checkpoint.path) if cfg.run.storage_path.startswith("s3://") and "://" not in checkpoint.path \
         else checkpoint.path
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clipsep-ray train",
-        description="Train CLIPSep (or a baseline) on Ray Train from embedded shards. Re-running with the same "
-                    "run.name and run.storage_path resumes from the latest checkpoint.")
-    p.add_argument("--config", default="tiny", help="preset name (tiny, paper) or YAML file (jobs/experiments/*.yaml)")
-    p.add_argument("--data", default=None, help="train shards URI (sets data.train_uri)")
-    p.add_argument("--val", default=None, help="validation shards URI (sets data.val_uri)")
-    p.add_argument("--storage", default=None, help="where runs and checkpoints go (sets run.storage_path)")
-    p.add_argument("--name", default=None, help="run name (sets run.name); the same name resumes")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.max_steps=500")
-    return p
-
-
-def main_train(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    extra = [f"{k}={v}" for k, v in (("data.train_uri", args.data), ("data.val_uri", args.val),
-                                     ("run.storage_path", args.storage), ("run.name", args.name)) if v]
-    cfg = load_config(args.config, extra + list(args.overrides))
-    summary = train(cfg, address=args.address)
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, indent=1))
-    return summary
-
-
-if __name__ == "__main__":
-    main_train(sys.argv[1:])

@@ -15,11 +15,11 @@ def demo(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, object_store_memory=256 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
-    from clipsep_ray.demo import main_demo
+    from clipsep_ray.commands import call
 
     out = tmp_path_factory.mktemp("demo")
     try:
-        yield main_demo(["--out", str(out), "--clips", "24", "--test-clips", "12", "--steps", "4",
+        yield call("demo", ["--out", str(out), "--clips", "24", "--test-clips", "12", "--steps", "4",
                          "--clip-steps", "15", "--clip-pictures", "8", "--examples", "1",
                          "train.batch_size=4", "train.checkpoint_every=2", "train.log_every=2",
                          "model.unet_width=4", "data.val_clips=4"]), out
@@ -30,9 +30,9 @@ def demo(tmp_path_factory):
 def test_demo_writes_results_checkpoint_and_report(demo):
     result, out = demo
     rows = json.loads((out / "results.json").read_text())
-    keys = {"method", "query", "train_data", "sdr_mean", "sdr_sem", "sdr_median", "sdri_mean", "n", "skipped"}
+    keys = {"method", "query_kind", "train_data", "sdr_mean", "sdr_sem", "sdr_median", "sdri_mean", "n", "skipped"}
     assert all(keys <= set(r) for r in rows)
-    got = {(r["method"], r["query"]) for r in rows}
+    got = {(r["method"], r["query_kind"]) for r in rows}
     assert {("CLIPSep", "text"), ("CLIPSep", "image"), ("mixture", "none"), ("oracle-ibm", "none"),
             ("oracle-irm", "none")} <= got
     for r in rows:

@@ -19,8 +19,9 @@ import torch
 from clipsep_ray.config import load_config
 from clipsep_ray import storage
 from clipsep_ray.data import schema
-from clipsep_ray.data.embed import load_text_embeddings, main_embed
-from clipsep_ray.data.ingest import IngestError, IngestOptions, ingest, main_ingest, read_index
+from clipsep_ray.commands import call
+from clipsep_ray.data.embed import load_text_embeddings
+from clipsep_ray.data.ingest import IngestError, IngestOptions, ingest, read_index
 from clipsep_ray.data.mixing import mix_batch
 from clipsep_ray.data.shards import (PrepStats, RowPrep, eval_rows, iter_training_batches, split_shards,
                                      training_dataset)
@@ -121,7 +122,7 @@ def _check_result(res, root):
 def local_shards(ray_local, video_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("shards"))
     argv = [str(video_dir), out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"]
-    return out, main_ingest(argv)
+    return out, call("ingest", argv)
 
 
 def test_ingest_local_counts_and_errors(local_shards, video_dir):
@@ -176,13 +177,13 @@ def test_ingest_on_s3(ray_local, s3_bucket, video_dir):
             local = os.path.join(root, name)
             fs.put_file(local, f"{s3_bucket}/videos/{os.path.relpath(local, video_dir)}")
     src, out = f"s3://{s3_bucket}/videos", f"s3://{s3_bucket}/shards"
-    res = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
+    res = call("ingest", [src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
     _check_result(res, src)
     assert _rows(out).num_rows == N_CLIPS
     assert storage.exists(f"{out}/{schema.MANIFEST_NAME}") and storage.exists(f"{out}/{schema.ERRORS_NAME}")
     assert set(_rows(out).column("source_uri").to_pylist()) == {
         f"{src}/{k}" for k, v in EXPECTED.items() if isinstance(v, int)}
-    again = main_ingest([src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
+    again = call("ingest", [src, out, "--config", "tiny", "--clip-seconds", "2", "--files-per-task", "3"])
     assert again["clips_written"] == 0 and _rows(out).num_rows == N_CLIPS
 
 
@@ -234,7 +235,7 @@ def embedded(labelled_shards, clip_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("embedded"))
     argv = [labelled_shards, out, "--config", "tiny", "--clip-model", "test-data-clip", "--clip-pretrained", "",
             "--clip-config-dir", clip_dir, "--batch-size", "3"]
-    return out, main_embed(argv), argv
+    return out, call("embed", argv), argv
 
 
 def test_embed_adds_frame_embeddings_and_text(embedded):
@@ -254,10 +255,10 @@ def test_embed_adds_frame_embeddings_and_text(embedded):
 def test_embed_rerun_is_idempotent(embedded):
     out, res, argv = embedded
     before = _rows(out)
-    again = main_embed(argv)
+    again = call("embed", argv)
     assert again["shards_skipped"] == again["shards"] == res["shards"]
     assert _rows(out).equals(before)
-    redo = main_embed(argv + ["--overwrite"])  # recomputed: the same numbers (seeded weights)
+    redo = call("embed", argv + ["--overwrite"])  # recomputed: the same numbers (seeded weights)
     assert redo["shards_skipped"] == 0 and _rows(out).equals(before)
 
 
@@ -269,7 +270,7 @@ def test_streaming_rows_and_mixtures(embedded, cfg):
     seen, batches = 0, []
     for batch in iter_training_batches(ds, batch_size=2, shuffle_buffer=4, drop_last=False, device="cpu"):
         assert batch["audio"].dtype == torch.float32 and batch["audio"].shape[1] == cfg.audio.clip_samples
-        assert batch["query"].shape[1] == 32 and batch["text_query"].shape[1] == 32
+        assert batch["image_query"].shape[1] == 32 and batch["text_query"].shape[1] == 32
         assert batch["audio"].abs().sum() > 0
         seen += batch["audio"].shape[0]
         batches.append(batch)
@@ -277,7 +278,7 @@ def test_streaming_rows_and_mixtures(embedded, cfg):
     snap = stats.snapshot()
     assert snap["rows_ok"] == N_CLIPS and snap["rows_skipped"] == 0
     full = batches[0]
-    mixed = mix_batch(full["audio"], full["query"], cfg.mixing, torch.Generator().manual_seed(0),
+    mixed = mix_batch(full["audio"], full["image_query"], cfg.mixing, torch.Generator().manual_seed(0),
                       clip_index=full["clip_index"])
     torch.testing.assert_close(mixed["sources"].sum(1), mixed["mixture"])
     assert (mixed["index"][:, 0] != mixed["index"][:, 1]).all()
@@ -340,9 +341,9 @@ def test_eval_rows_are_deterministic(embedded, cfg):
     out, _, _ = embedded
     a, b = eval_rows(out, cfg, text_embeddings=out), eval_rows(out, cfg, text_embeddings=out)
     assert a["clip_id"] == sorted(a["clip_id"]) and a["clip_id"] == b["clip_id"]
-    assert np.array_equal(a["audio"], b["audio"]) and np.array_equal(a["query"], b["query"])
+    assert np.array_equal(a["audio"], b["audio"]) and np.array_equal(a["image_query"], b["image_query"])
     # evaluation windows cover the published 4.08 s, longer than a training window here
-    assert a["audio"].shape == (N_CLIPS, cfg.audio.eval_samples) and a["query"].shape == (N_CLIPS, 32)
+    assert a["audio"].shape == (N_CLIPS, cfg.audio.eval_samples) and a["image_query"].shape == (N_CLIPS, 32)
     assert a["text_query"].shape == (N_CLIPS, 32) and set(a["label"]) == {"dog barking", "violin"}
     train, val = split_shards(out, val_fraction=0.5, seed=0)
     assert sorted(train + val) == schema.list_shards(out)
@@ -379,14 +380,14 @@ def test_row_prep_centres_window_and_pools_queries():
     assert not fails
     mid = ev["audio"][0, 4095 // 2]
     assert abs(mid - 5 / 20) < 1e-3  # c = 10 // 2 = 5: the window is centred in second 5
-    assert np.allclose(ev["query"][0], 4.0)  # mean of frames 4, 5, 6 (1-based) = embeddings 3, 4, 5
+    assert np.allclose(ev["image_query"][0], 4.0)  # mean of frames 4, 5, 6 (1-based) = embeddings 3, 4, 5
     rng = np.random.default_rng(0)
     centres = set()
     for _ in range(40):
         tr, _ = prep.prepare(table, "train", rng)
         c = int(round(tr["audio"][0, 4095 // 2] * 20))
         centres.add(c)
-        assert np.allclose(tr["query"][0], c - 1)  # query and audio window agree on c
+        assert np.allclose(tr["image_query"][0], c - 1)  # query and audio window agree on c
     assert centres == {4, 5, 6, 7}
     # a clip shorter than the window is tiled, not zero-padded
     short = RowPrep(sample_rate=1000, clip_samples=25000, embed_dim=4).prepare(table, "eval")[0]["audio"][0]

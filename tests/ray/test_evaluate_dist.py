@@ -59,21 +59,21 @@ def test_set(s3_server, tmp_path_factory):
 
 
 def test_ray_data_evaluation_matches_the_local_path(ray_local, test_set, tmp_path):
-    from clipsep_ray.evaluate import evaluate_checkpoint
+    from clipsep_ray.evaluation import evaluate_checkpoint
 
     base, ckpt = test_set
-    local = evaluate_checkpoint(ckpt, base, str(tmp_path / "local"), engine="local", train_data="clean")
-    dist = evaluate_checkpoint(ckpt, base, str(tmp_path / "ray"), engine="ray", workers=2, train_data="clean")
-    key = [(r["method"], r["query"]) for r in local]
+    local = evaluate_checkpoint(ckpt, base, str(tmp_path / "local"), engine="local", train_data="clean").summary
+    dist = evaluate_checkpoint(ckpt, base, str(tmp_path / "ray"), engine="ray", actors=2, train_data="clean").summary
+    key = [(r["method"], r["query_kind"]) for r in local]
     assert key == [("mixture", "none"), ("oracle-ibm", "none"), ("oracle-irm", "none"), ("CLIPSep", "image"),
                    ("CLIPSep", "text")]
-    assert [(r["method"], r["query"]) for r in dist] == key
+    assert [(r["method"], r["query_kind"]) for r in dist] == key
     for a, b in zip(local, dist):
         assert a["n"] == b["n"] == N_CLIPS - 1 - a["skipped"]
         assert a["skipped"] == b["skipped"]
         assert a["rows_skipped_unreadable"] == b["rows_skipped_unreadable"] == 1  # the corrupt FLAC
         for k in ("sdr_mean", "sdr_median", "sdri_mean", "si_sdr_mean"):
-            assert b[k] == pytest.approx(a[k], abs=1e-4), (a["method"], a["query"], k)
+            assert b[k] == pytest.approx(a[k], abs=1e-4), (a["method"], a["query_kind"], k)
     csv_local = (tmp_path / "local" / "per_clip.csv").read_text().splitlines()
     csv_ray = (tmp_path / "ray" / "per_clip.csv").read_text().splitlines()
     assert len(csv_local) == len(csv_ray) > N_CLIPS
@@ -84,17 +84,20 @@ def test_ray_data_evaluation_matches_the_local_path(ray_local, test_set, tmp_pat
 
 
 def test_limit_and_auto_engine(ray_local, test_set):
-    from clipsep_ray.evaluate import evaluate_checkpoint
-    from clipsep_ray.evaluate_dist import count_rows, wants_ray
+    from clipsep_ray.data.shards import count_shard_rows
+    from clipsep_ray.evaluation import choose_engine, evaluate_checkpoint
+
+    def wants_ray(engine, base, endpoint, threshold, limit=None):
+        return choose_engine(engine, base, limit=limit, threshold=threshold, endpoint=endpoint) == "ray"
 
     base, ckpt = test_set
-    assert count_rows(base) == N_CLIPS
+    assert count_shard_rows(base) == N_CLIPS
     assert wants_ray("auto", base, None, N_CLIPS) and not wants_ray("auto", base, None, N_CLIPS + 1)
     with pytest.raises(ValueError, match="engine"):
         wants_ray("sometimes", base, None, 1)
     for limit in (6, 12):  # the corrupt clip falls outside the first 6 clip ids and inside the first 12
-        local = evaluate_checkpoint(ckpt, base, engine="local", limit=limit)
-        dist = evaluate_checkpoint(ckpt, base, engine="auto", ray_threshold=1, limit=limit, workers=1)
+        local = evaluate_checkpoint(ckpt, base, engine="local", limit=limit).summary
+        dist = evaluate_checkpoint(ckpt, base, engine="auto", ray_threshold=1, limit=limit, actors=1).summary
         assert [r["n"] + r["skipped"] for r in dist] == [r["n"] + r["skipped"] for r in local]
         assert [round(r["sdr_mean"], 4) for r in dist] == [round(r["sdr_mean"], 4) for r in local]
         assert dist[0]["rows_skipped_unreadable"] == local[0]["rows_skipped_unreadable"]
@@ -105,7 +108,7 @@ def test_limit_and_auto_engine(ray_local, test_set):
 def test_repeated_clip_ids_are_refused_before_any_work(test_set):
     """A test set holding a clip twice (e.g. a shard copied under a second name) is an error, not a
     silently double-counted clip."""
-    from clipsep_ray.evaluate_dist import evaluate_distributed
+    from clipsep_ray.evaluation.distributed import evaluate_distributed
 
     base, ckpt = test_set
     twice = base.rsplit("/", 1)[0] + "/twice"

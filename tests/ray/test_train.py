@@ -67,10 +67,11 @@ def test_two_workers_train_from_s3_and_checkpoint_there(ray_local, shards):
 
 def test_injected_failure_restarts_from_last_checkpoint(ray_local, shards, tmp_path):
     from clipsep_ray.train.trainer import train
+    from clipsep_ray.train.worker import FailOnce
 
     cfg = _cfg(shards, "failure", **{"train.checkpoint_every": 2})
     cfg.run.storage_path = str(tmp_path / "runs")  # the failure marker lives beside a local run
-    summary = train(cfg, fail_at_step=3)
+    summary = train(cfg, hooks=[FailOnce(3, str(tmp_path / "runs" / ".failure.failed"))])
     assert (tmp_path / "runs" / ".failure.failed").exists()  # the failure happened
     m = summary["metrics"]
     assert m["step"] == 6

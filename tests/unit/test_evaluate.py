@@ -3,9 +3,9 @@ import numpy as np
 import torch
 
 from clipsep_ray.config import load_config
-from clipsep_ray.evaluate import eval_pairs, evaluate_rows, markdown_table, method_name
+from clipsep_ray.evaluation.protocol import eval_pairs, evaluate_rows, markdown_table
 from clipsep_ray.models.clipsep import PITSep
-from clipsep_ray.models.registry import build_model
+from clipsep_ray.models.registry import build_model, model_class
 
 
 def test_pairs_are_deterministic_and_avoid_self_and_same_label():
@@ -21,7 +21,7 @@ def test_pairs_are_deterministic_and_avoid_self_and_same_label():
 def _rows(cfg, n=4):
     t = torch.arange(cfg.audio.clip_samples) / cfg.audio.sample_rate
     audio = torch.stack([0.5 * torch.sin(2 * np.pi * (300 + 500 * k) * t) for k in range(n)])
-    return {"audio": audio, "query": torch.randn(n, cfg.model.embed_dim), "clip_id": [f"c{k}" for k in range(n)],
+    return {"audio": audio, "image_query": torch.randn(n, cfg.model.embed_dim), "clip_id": [f"c{k}" for k in range(n)],
             "label": [f"l{k}" for k in range(n)]}
 
 
@@ -40,7 +40,7 @@ def test_bounds_rows_and_oracle_beats_mixture():
     cfg = load_config("tiny", ["model.unet_width=4"])
     model = build_model(cfg.model)
     summary, per_clip = evaluate_rows(model, cfg, _rows(cfg), eval_pairs(4), train_data="clean")
-    by = {(r["method"], r["query"]): r for r in summary}
+    by = {(r["method"], r["query_kind"]): r for r in summary}
     assert set(by) == {("mixture", "none"), ("oracle-ibm", "none"), ("oracle-irm", "none"), ("CLIPSep", "image")}
     assert by[("oracle-ibm", "none")]["sdr_mean"] > by[("mixture", "none")]["sdr_mean"] + 10
     assert by[("CLIPSep", "image")]["train_data"] == "clean" and by[("mixture", "none")]["train_data"] == ""
@@ -65,5 +65,5 @@ def test_pit_is_scored_in_its_best_order():
     model = Oracle2(swapped, unet_depth=5, unet_width=4, num_sources=2)
     summary, _ = evaluate_rows(model, cfg, rows, [1, 0], bounds=False)
     (r,) = summary
-    assert method_name(cfg) == "PIT" and r["method"] == "PIT"
+    assert model_class(cfg.model).method_name(cfg.model, cfg.train.mode) == "PIT" and r["method"] == "PIT"
     assert r["sdr_mean"] > 10  # scored against the matching reference despite the swapped order

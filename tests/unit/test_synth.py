@@ -158,8 +158,10 @@ def test_every_clip_has_a_room_tone_instead_of_digital_silence():
 @pytest.fixture(scope="module")
 def noisy_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    result = videos.main_synth([str(out), "--clips", "6", "--split", "noisy", "--seed", "3",
-                                "--val-clips", "2", "--test-clips", "2", "--workers", "1"])
+    from clipsep_ray.commands import call
+
+    result = call("synth", [str(out), "--clips", "6", "--split", "noisy", "--seed", "3",
+                            "--val-clips", "2", "--test-clips", "2", "--processes", "1"])
     return out, result
 
 

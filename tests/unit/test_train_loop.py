@@ -8,8 +8,8 @@ import torch
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import load_config
 from clipsep_ray.models.registry import build_model
-from clipsep_ray.train.loop import (ValSet, batch_loss, lr_factor, make_optimizer, query_key, restore_state,
-                                    train_state, validate)
+from clipsep_ray.models.clipsep import CLIPSep
+from clipsep_ray.train.loop import ValSet, batch_loss, lr_factor, make_optimizer, restore_state, train_state, validate
 
 
 SMALL = ["model.unet_width=4", "audio.clip_samples=8191"]  # 128 frames: fast on 2 cores
@@ -27,8 +27,9 @@ def test_schedule_warmup_decay_constant():
 
 
 def test_hybrid_alternates_query_kinds():
-    assert [query_key("hybrid", s) for s in range(4)] == ["query", "text_query", "query", "text_query"]
-    assert query_key("image", 1) == "query" and query_key("text", 0) == "text_query"
+    query_key = CLIPSep.training_column
+    assert [query_key("hybrid", s) for s in range(4)] == ["image_query", "text_query", "image_query", "text_query"]
+    assert query_key("image", 1) == "image_query" and query_key("text", 0) == "text_query"
 
 
 def _batch(cfg, b=4, seed=0):
@@ -38,7 +39,7 @@ def _batch(cfg, b=4, seed=0):
     audio = 0.5 * torch.sin(2 * math.pi * freqs[:, None] * t[None])
     audio[1::2] = 0.3 * torch.randn(b // 2, cfg.audio.clip_samples, generator=g)  # noise-like rows
     q = torch.randn(b, cfg.model.embed_dim, generator=g) * 3
-    return {"audio": audio, "query": q, "text_query": q + 0.1, "label_id": torch.arange(b),
+    return {"audio": audio, "image_query": q, "text_query": q + 0.1, "label_id": torch.arange(b),
             "clip_index": torch.arange(b)}
 
 
@@ -117,7 +118,7 @@ def test_validation_reports_sdr_per_query_kind():
     # are the same scaled mixture, which BSSEval cannot score: give the queries distinct masks.
     torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
     b = _batch(cfg)
-    val = ValSet(b["audio"], b["query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    val = ValSet(b["audio"], b["image_query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
     out = validate(model, val, cfg, torch.device("cpu"))
     for k in ("val_sdr_image", "val_sdr_text", "val_sdri_image", "val_sdr"):
         assert math.isfinite(out[k]), (k, out)

@@ -1,7 +1,7 @@
-"""The evaluation protocol on Ray Data, for test sets too large for one process.
+"""The Ray Data evaluation engine, for test sets too large for one process.
 
-The same mixtures and the same table as :func:`clipsep_ray.evaluate.evaluate_rows`, with
-the work spread over a Ray cluster:
+The same mixtures and the same table as the local engine (both use
+:mod:`clipsep_ray.evaluation.protocol`), with the work spread over a Ray cluster:
 
 1. **prepare** (tasks): read the shards (``audio``, embeddings, ``label``) and cut each
    clip's evaluation window and queries (c = n // 2), as ``eval_rows`` does; unreadable
@@ -24,11 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+
 import numpy as np
 
-from clipsep_ray.config import Config
 from clipsep_ray import storage
+from clipsep_ray.config import Config
 from clipsep_ray.data import schema
+from clipsep_ray.data.shards import check_unique_clip_ids
+from clipsep_ray.evaluation.protocol import EvalResult, eval_pairs, score_mixtures, summarize_records
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,13 @@ def _prep_eval_batch(batch, cfg: Config, text_uri: str | None, endpoint: str | N
     ``allowed`` (a set of clip ids, or its object ref): rows outside it are dropped unread."""
     import pyarrow as pa
 
-    from clipsep_ray.data.shards import RowPrep, _cached_text, kept_columns
+    from clipsep_ray.data.shards import RowPrep, cached_text_embeddings, kept_columns
 
     if allowed is not None:
         allowed = allowed if isinstance(allowed, (set, frozenset)) else _get(allowed)
         mask = [c in allowed for c in batch.column("clip_id").to_pylist()]
         batch = batch.filter(pa.array(mask, pa.bool_()))
-    prep = RowPrep.from_config(cfg, _cached_text(text_uri, True, endpoint) if text_uri else None, "eval")
+    prep = RowPrep.from_config(cfg, cached_text_embeddings(text_uri, True, endpoint) if text_uri else None, "eval")
     out, failures = prep.prepare(batch, "eval")
     for clip, source, reason in failures[:5]:
         log.warning("skipping clip %s of %s: %s", clip, source, reason)
@@ -110,8 +113,6 @@ class _Scorer:
         """One group = one mixture: the target row (role 0) and its interference row (role 1)."""
         import torch
 
-        from clipsep_ray.evaluate import score_mixtures
-
         roles = np.asarray(group["role"]).tolist()
         if sorted(roles) != [0, 1]:
             raise RuntimeError(f"evaluation mixture {group['key'][0]} has rows of roles {roles}, expected [0, 1]")
@@ -129,31 +130,24 @@ class _Scorer:
 
 
 def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = None,
-                         text_embeddings: str | None = None, train_data: str = "", workers: int = 2,
+                         text_embeddings: str | None = None, train_data: str = "", actors: int = 2,
                          device: str = "cpu", endpoint: str | None = None,
-                         bounds: bool = True) -> tuple[list, list, dict]:
-    """Evaluate ``checkpoint`` on the shards at ``data_uri`` with Ray Data (Ray must be initialised
-    or startable). Returns (summary rows, per-clip rows, data stats {rows_ok, rows_skipped, reasons})."""
+                         bounds: bool = True) -> EvalResult:
+    """Evaluate ``checkpoint`` on the shards at ``data_uri`` with Ray Data (Ray must be initialised:
+    ``runtime.init_ray``). ``text_embeddings``: the table to use (None: none)."""
     import ray
     from ray.data.context import ShuffleStrategy
 
-    from clipsep_ray.data.shards import READ_COLUMNS, PrepStats, _paths_and_fs
-    from clipsep_ray.evaluate import eval_pairs, summarize_records
+    from clipsep_ray.data.shards import READ_COLUMNS, PrepStats, paths_and_filesystem
     from clipsep_ray.models.checkpoint import read_checkpoint
 
     t0 = time.time()
     cfg = Config.from_dict(read_checkpoint(checkpoint)["config"])
     endpoint = storage.endpoint_url(endpoint)
-    if text_embeddings is None:
-        uri = storage.join_uri(data_uri, schema.TEXT_EMBEDDINGS_NAME)
-        text_embeddings = uri if storage.exists(uri, endpoint) else None
-    paths, fs = _paths_and_fs(data_uri, endpoint)
+    paths, fs = paths_and_filesystem(data_uri, endpoint)
     every = sorted(c for f in schema.list_shards(data_uri, endpoint)
                    for c in schema.read_shard(f, ["clip_id"], endpoint).column("clip_id").to_pylist())
-    dupes = sorted({c for a, c in zip(every, every[1:]) if a == c})
-    if dupes:
-        raise ValueError(f"{data_uri}: clip ids are not unique ({len(dupes)} repeated, e.g. {dupes[0]!r}); "
-                         "each test clip must appear once")
+    check_unique_clip_ids(every, data_uri)
     # As the local path: the first `limit` clip ids of ALL rows, then those that are readable.
     allowed_ref = ray.put(set(every[:limit])) if limit is not None else None
     stats = PrepStats()
@@ -182,7 +176,7 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
     pairs_ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     # The actor pool starts with the pipeline: leave a CPU to the sort's tasks, or they never run.
     cpus = int(ray.available_resources().get("CPU", 1))
-    actors, actor_cpus = max(1, min(workers, cpus - 1)), (1 if cpus >= 2 else 0)
+    actors, actor_cpus = max(1, min(actors, cpus - 1)), (1 if cpus >= 2 else 0)
     if "://" not in checkpoint:
         checkpoint = os.path.abspath(checkpoint)  # the actors may run in another working directory
     scored = pairs_ds.groupby("key").map_groups(
@@ -202,21 +196,5 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
     summary, per_clip = summarize_records(records, train_data)
     data = stats.snapshot()
     log.info("distributed evaluation of %d mixtures in %.1f s", n, time.time() - t0)
-    return summary, per_clip, data
-
-
-def wants_ray(mode: str, data_uri: str, endpoint: str | None, threshold: int, limit: int | None = None) -> bool:
-    """``mode``: "ray" / "local" force the path; "auto" uses Ray Data when the shards hold at
-    least ``threshold`` rows (read from the Parquet footers, no data), ``limit`` counted."""
-    if mode in ("ray", "local"):
-        return mode == "ray"
-    if mode != "auto":
-        raise ValueError(f"--engine must be auto, local or ray, not {mode!r}")
-    rows = count_rows(data_uri, endpoint)
-    return (rows if limit is None else min(rows, limit)) >= threshold
-
-
-def count_rows(data_uri: str, endpoint: str | None = None) -> int:
-    from clipsep_ray.data.shards import _paths_and_fs, count_rows as rows_in
-
-    return rows_in(*_paths_and_fs(data_uri, storage.endpoint_url(endpoint)))
+    return EvalResult(summary, per_clip, rows_ok=data["rows_ok"], rows_skipped=data["rows_skipped"],
+                      reasons=data["reasons"], engine="ray")
