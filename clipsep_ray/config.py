@@ -30,7 +30,7 @@ PUBLISHED_EVAL_SAMPLES, PUBLISHED_SAMPLE_RATE = 65280, 16000
 
 @dataclass
 class AudioConfig:
-    """Audio front end (REFERENCE.md, "Audio front end")."""
+    """Audio front end (docs/METHOD.md, "Audio front end")."""
 
     sample_rate: int = 16000
     n_fft: int = 1024
@@ -76,7 +76,7 @@ class ModelConfig:
     num_sources: int = 2  # PIT output count
     num_labels: int = 0  # LabelSep vocabulary size
     channels_last: bool = True
-    # "published": conv N(0, 1e-3), linear N(0, 1e-4), BN scale N(1, 0.02) (REFERENCE.md);
+    # "published": conv N(0, 1e-3), linear N(0, 1e-4), BN scale N(1, 0.02) (docs/METHOD.md);
     # "pytorch": PyTorch's default (Kaiming-uniform) init, which learns ~3x faster in a
     # few hundred steps (docs/DECISIONS.md; the CPU-sized `tiny` preset uses it).
     init: str = "published"
@@ -104,7 +104,7 @@ class QueryConfig:
 
 @dataclass
 class MixingConfig:
-    """On-the-fly mix-and-separate (REFERENCE.md, "Training")."""
+    """On-the-fly mix-and-separate (docs/METHOD.md, "Training (mix-and-separate)")."""
 
     num_sources: int = 2
     gain_min: float = 0.5

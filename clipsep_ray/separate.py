@@ -162,7 +162,7 @@ class Separator:
         if RESIDUAL in names:
             raise QueryError(f"'{RESIDUAL}' names the rest of the mixture in the output: ask for the sound itself")
         with torch.no_grad():
-            return names, self.model.project(self.model.query_embeddings(emb.to(self.device))).float()
+            return names, self.model.project(emb.to(self.device)).float()
 
     def separate(self, waveform, sample_rate: int, queries) -> Separation:
         """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length.

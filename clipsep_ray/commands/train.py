@@ -1,7 +1,8 @@
 """Train CLIPSep (or a baseline) on Ray Train from embedded shards.
 
 Re-running with the same run.name and run.storage_path resumes from the latest checkpoint.
-Exit status 1 when some training rows could not be read (counted by reason).
+Exit status 0 when the run finished: rows that could not be read are skipped, counted by reason
+in the summary (a job scheduler must not retry a finished run because of one corrupt clip).
 """
 from __future__ import annotations
 
@@ -36,4 +37,4 @@ def execute(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     summary = execute(args)
     options.print_json(summary, drop=("metrics",))
-    return 1 if summary["data"]["rows_skipped"] else 0
+    return 0

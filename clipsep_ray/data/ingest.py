@@ -10,7 +10,7 @@ shards bounded by rows and bytes -> ``_errors.parquet`` (path, reason) and
 
 Frame ``k`` (0-based) of a clip is the video frame nearest to ``start_s + (k + 0.5) / fps``:
 with 1 fps, frame c (1-based) shows the middle of second c, which is where the training
-window is centred ((c - 0.5) s; REFERENCE.md).
+window is centred ((c - 0.5) s; docs/METHOD.md).
 
 Re-running never duplicates clips: clip ids and shard names are derived from the input
 files (shard ``part-<sha1 of the group's files>-<nnn>.parquet``), files already listed in

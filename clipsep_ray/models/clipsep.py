@@ -63,6 +63,7 @@ class CLIPSep(MaskNet):
     Queries are CLIP embeddings: of video frames (``image_query``) or of text (``text_query``).
     """
 
+    arch = "clipsep"
     query_columns = {"image": "image_query", "text": "text_query"}
     text_queries = True
 
@@ -142,6 +143,7 @@ class CLIPSep(MaskNet):
 class LabelSep(CLIPSep):
     """Baseline: a learned label embedding (num_labels x D) replaces the CLIP query."""
 
+    arch = "labelsep"
     query_columns = {"label": "label_id"}
     text_queries = False
 
@@ -177,6 +179,7 @@ class LabelSep(CLIPSep):
 class PITSep(MaskNet):
     """Baseline: the U-Net predicts one mask per source directly, no query; trained with PIT."""
 
+    arch = "pit"
     query_columns = {"none": None}
     text_queries = False
 

@@ -24,14 +24,19 @@ class QueryError(ValueError):
     """A query that cannot be used; the message names it."""
 
 
+_registered_config_dirs: set[str] = set()
+
+
 def register_clip_configs(extra_dir: str | None = None) -> None:
-    """Make the package's open_clip model configs (e.g. ``synth-clip``) known to open_clip."""
+    """Make the package's open_clip model configs (e.g. ``synth-clip``), and those in ``extra_dir``,
+    known to open_clip; idempotent (each folder is added once per process)."""
     import open_clip
 
     pkg_dir = str(resources.files("clipsep_ray.models").joinpath("clip_configs"))
     for d in (pkg_dir, extra_dir):
-        if d and os.path.isdir(d):
+        if d and os.path.isdir(d) and os.path.abspath(d) not in _registered_config_dirs:
             open_clip.add_model_config(d)
+            _registered_config_dirs.add(os.path.abspath(d))
 
 
 def _local_weights(pretrained: str) -> str | None:

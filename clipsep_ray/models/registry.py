@@ -6,7 +6,8 @@ from clipsep_ray.models.base import SeparationModel
 from clipsep_ray.models.clipsep import CLIPSep, LabelSep, PITSep
 
 MODELS: dict[str, type[SeparationModel]] = {"clipsep": CLIPSep, "labelsep": LabelSep, "pit": PITSep}
-assert tuple(MODELS) == ARCHS, "config.ARCHS and the model registry must name the same architectures"
+assert tuple(MODELS) == ARCHS and all(cls.arch == name for name, cls in MODELS.items()), \
+    "config.ARCHS, the registry and each class's arch must agree"
 
 
 def model_class(cfg: ModelConfig) -> type[SeparationModel]:

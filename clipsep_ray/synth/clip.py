@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clipsep_ray.config import QueryConfig
 from clipsep_ray.synth.world import CLASSES, class_rng, make_scene
 
 MODEL_NAME = "synth-clip"
@@ -44,26 +45,24 @@ WEIGHTS_NAME = "synth-clip.pth"
 METRICS_NAME = "synth-clip.json"
 CLIP_VERSION = 2
 
-#: Training captions (``{}`` = class name); they cover the templates of REFERENCE.md.
+#: Training captions (``{}`` = class name); they cover the prompt templates of docs/METHOD.md.
 CAPTION_TEMPLATES = [
     "a photo of {}", "a photo of {}.", "a photo of a {}.", "a picture of a {}.", "{}",
     "a photo of the small {}.", "a low resolution photo of a {}.", "a photo of many {}.",
     "the sound of {}", "a video of {}.", "a drawing of a {}.", "a photo of the {}.",
 ]
 EVAL_TEMPLATE = "a photo of {}."
-ENSEMBLE_TEMPLATES = ["a photo of {}.", "a photo of the small {}.", "a low resolution photo of a {}.",
-                      "a photo of many {}."]
+ENSEMBLE_TEMPLATES = QueryConfig().prompt_ensemble  # the evaluation's prompt ensemble
 
 # stream keys for class_rng(seed, _K_CLIP, part, class, j)
 _K_CLIP, _TRAIN, _HELDOUT = 1000, 0, 1
 
 
 def register_configs() -> None:
-    """Make ``synth-clip`` (and any config in clip_configs/) known to open_clip; idempotent."""
-    import open_clip
+    """Make ``synth-clip`` known to open_clip (the package's config folder; idempotent)."""
+    from clipsep_ray.models.query import register_clip_configs
 
-    if MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
+    register_clip_configs()
 
 
 def model_config() -> dict:

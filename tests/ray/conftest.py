@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -95,3 +96,25 @@ def ray_local(s3_server):
         yield ray
     finally:
         ray.shutdown()
+
+
+def training_rows(n: int, corrupt=frozenset(), sr: int = 8000, dim: int = 128):
+    """Shard rows of 10 s clips: a class-specific tone + noise (4 classes), per-frame embeddings
+    near a class centre; rows in ``corrupt`` hold bytes that are not FLAC."""
+    import pyarrow as pa
+
+    from clipsep_ray.data import schema
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, dim)).astype(np.float32) * 3
+    rows = []
+    for i in range(n):
+        k = i % 4
+        t = np.arange(10 * sr) / sr
+        wave = (0.4 * np.sin(2 * np.pi * (200 + 300 * k) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+        audio = b"corrupt flac bytes" if i in corrupt else schema.encode_audio(wave, sr)
+        emb = (centres[k] + 0.1 * rng.standard_normal((10, dim))).astype(np.float32)
+        rows.append({"clip_id": schema.clip_id(f"synthetic://{i}", 0.0), "source_uri": f"synthetic://{i}",
+                     "start_s": 0.0, "audio": audio, "sample_rate": sr, "num_samples": 10 * sr, "frames": [],
+                     "fps": 1.0, "label": f"class{k}", "image_embeddings": emb.tolist(), "embedding_model": "test"})
+    return pa.Table.from_pylist(rows, schema=schema.SHARD_SCHEMA)

@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from clipsep_ray.config import load_config
 from clipsep_ray.data import schema
+from tests.ray.conftest import training_rows
 
-SR, D, N_CLIPS = 8000, 128, 24
-
-
-def _rows(n: int, corrupt: set[int] = frozenset()) -> pa.Table:
-    """Clips of 10 s at 8 kHz: a class-specific tone + noise; per-frame embeddings near a class centre."""
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((4, D)).astype(np.float32) * 3
-    rows = []
-    for i in range(n):
-        k = i % 4
-        t = np.arange(10 * SR) / SR
-        wave = (0.4 * np.sin(2 * np.pi * (200 + 300 * k) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-        audio = b"corrupt flac bytes" if i in corrupt else schema.encode_audio(wave, SR)
-        emb = (centres[k] + 0.1 * rng.standard_normal((10, D))).astype(np.float32)
-        rows.append({"clip_id": schema.clip_id(f"synthetic://{i}", 0.0), "source_uri": f"synthetic://{i}",
-                     "start_s": 0.0, "audio": audio, "sample_rate": SR, "num_samples": 10 * SR, "frames": [],
-                     "fps": 1.0, "label": f"class{k}", "image_embeddings": emb.tolist(), "embedding_model": "test"})
-    return pa.Table.from_pylist(rows, schema=schema.SHARD_SCHEMA)
+N_CLIPS = 24
 
 
 @pytest.fixture(scope="module")
 def shards(s3_server):
     bucket = s3_server.make_bucket("train")
     base = f"s3://{bucket}"
-    table = _rows(N_CLIPS, corrupt={5})
+    table = training_rows(N_CLIPS, corrupt={5})
     schema.write_shard(table.slice(0, 16), f"{base}/train/part-0.parquet")
     schema.write_shard(table.slice(16, 8), f"{base}/val/part-0.parquet")
     return base

@@ -73,7 +73,7 @@ def test_evaluation_scores_the_published_duration_whatever_the_training_window()
     from clipsep_ray.data.shards import RowPrep
 
     paper, tiny = load_config("paper"), load_config("tiny")
-    assert paper.audio.eval_samples == 65280  # REFERENCE.md: the first 65,280 samples at 16 kHz
+    assert paper.audio.eval_samples == 65280  # docs/METHOD.md: the first 65,280 samples at 16 kHz
     assert tiny.audio.eval_samples == 32640 and tiny.audio.clip_samples < tiny.audio.eval_samples  # 4.08 s at 8 kHz
     assert RowPrep.from_config(tiny).clip_samples == tiny.audio.clip_samples
     assert RowPrep.from_config(tiny, mode="eval").clip_samples == 32640
