@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-queried sound separation (CLIPSep + noise invariant training) on Ray. "
                     "Run 'clipsep-ray COMMAND --help' for a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {n:<12} {command(n).HELP}" for n in COMMANDS))
+        epilog="commands:\n" + "\n".join(f"  {n:<17} {command(n).HELP}" for n in COMMANDS))
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -53,7 +53,10 @@ def _is_usage_error(exc: Exception) -> bool:
     from clipsep_ray.models.checkpoint import CheckpointError
     from clipsep_ray.models.query import QueryError
 
-    return isinstance(exc, (ConfigError, CheckpointError, QueryError, FileNotFoundError))
+    from clipsep_ray.batch.archive import ArchiveError
+    from clipsep_ray.batch.inputs import InputError
+
+    return isinstance(exc, (ConfigError, CheckpointError, QueryError, FileNotFoundError, ArchiveError, InputError))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ def cluster_cpus(default: float = 1.0) -> float:
     return float(ray.cluster_resources().get("CPU", default))
 
 
+def cluster_gpus() -> float:
+    """GPUs of the running cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
 def worker_thread_env(threads: int) -> dict[str, str]:
     """Environment variables that size a worker's math libraries to ``threads``.
 

@@ -87,6 +87,48 @@ def separate(model: SeparationModel, frontend: SpectralFrontEnd, waveform: Tenso
     return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device)), dim=1)
 
 
+class StemAssembler:
+    """Writes the stems (resampled back to the input's rate) and the residual, the input minus
+    the stems, in lockstep with the input, block by block: memory holds only what one side has
+    and the other has not yet delivered.
+
+    ``writers``: name -> writer (``.write((T,) float32)``) for every name in ``names`` and for
+    ``"residual"``.
+    """
+
+    def __init__(self, names: Sequence[str], writers: Mapping):
+        self.names, self.writers = list(names), writers
+        self.taken = self.written = 0
+        self._input: list[np.ndarray] = []  # input samples waiting for their stems
+        self._ready = [np.zeros(0, np.float32) for _ in self.names]
+
+    def add_input(self, block: np.ndarray) -> None:
+        self._input.append(np.asarray(block, np.float32))
+        self.taken += len(block)
+
+    def add_stems(self, parts: np.ndarray) -> None:
+        """(Q, n) stem samples at the input's rate (a 1-D array for an empty flush)."""
+        parts = list(parts) if np.ndim(parts) == 2 else [parts] * len(self.names)
+        for i, p in enumerate(parts):
+            self._ready[i] = np.concatenate([self._ready[i], p])
+        n = min(min(len(r) for r in self._ready), self.taken - self.written)
+        if n == 0:
+            return
+        mix = np.concatenate(self._input) if self._input else np.zeros(0, np.float32)
+        self._input = [mix[n:]]
+        total = np.zeros(n, np.float32)
+        for i, name in enumerate(self.names):
+            self.writers[name].write(self._ready[i][:n])
+            total += self._ready[i][:n]
+            self._ready[i] = self._ready[i][n:]
+        self.writers[RESIDUAL].write(mix[:n] - total)
+        self.written += n
+
+    def finish(self, source: str) -> None:
+        if self.written != self.taken:
+            raise RuntimeError(f"{source}: wrote {self.written} of {self.taken} samples")
+
+
 @dataclass
 class Separation(Mapping):
     """query -> (T,) float32 stem at the input's rate and length, plus ``"residual"``."""
@@ -210,44 +252,22 @@ class Separator:
             down = StreamingResampler(sr, model_sr)
             up = StreamingResampler(model_sr, sr)  # every stem in one call
             writers: dict[str, StreamingAudioWriter] = {}
-            pending_in: list[np.ndarray] = []  # input samples waiting for their stems
-            state = {"in": 0, "out": 0, "ready": [np.zeros(0, np.float32) for _ in names]}
 
             def model_blocks():
                 for block in reader.blocks(int(block_seconds * sr)):
-                    state["in"] += len(block)
-                    pending_in.append(block)
+                    stems.add_input(block)
                     yield torch.from_numpy(down.push(block))
                 yield torch.from_numpy(down.flush())
-
-            def emit(parts: list[np.ndarray]) -> None:
-                for i, p in enumerate(parts):
-                    state["ready"][i] = np.concatenate([state["ready"][i], p])
-                n = min(len(r) for r in state["ready"])
-                n = min(n, state["in"] - state["out"])
-                if n == 0:
-                    return
-                mix = np.concatenate(pending_in) if pending_in else np.zeros(0, np.float32)
-                pending_in.clear()
-                pending_in.append(mix[n:])
-                total = np.zeros(n, np.float32)
-                for i, name in enumerate(names):
-                    writers[name].write(state["ready"][i][:n])
-                    total += state["ready"][i][:n]
-                    state["ready"][i] = state["ready"][i][n:]
-                writers[RESIDUAL].write(mix[:n] - total)
-                state["out"] += n
 
             try:
                 for n, p in files.items():
                     writers[n] = StreamingAudioWriter(p, sr)
+                stems = StemAssembler(names, writers)
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device):
-                    emit(list(up.push(chunk.numpy())))
-                tail = up.flush()
-                emit(list(tail) if tail.ndim == 2 else [tail] * len(names))
-                if state["out"] != state["in"]:
-                    raise RuntimeError(f"{source}: wrote {state['out']} of {state['in']} samples")
+                    stems.add_stems(up.push(chunk.numpy()))
+                stems.add_stems(up.flush())
+                stems.finish(source)
             except BaseException:
                 for w in writers.values():
                     w.close(commit=False)

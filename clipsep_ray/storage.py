@@ -130,3 +130,15 @@ def slug(text: str, max_len: int = 60) -> str:
     """A safe file name for a query or an input name: no separators, no dots first, bounded length."""
     s = re.sub(r"[^\w\-]+", "_", text.strip(), flags=re.UNICODE).strip("_.")
     return (s[:max_len] or "query").lower()
+
+
+def safe_component(name: str, max_bytes: int = 120) -> str:
+    """One path component built from an input's name, safe to create under an output folder:
+    no separators or control characters, no leading dots or spaces (so never ``..`` nor a hidden
+    name), at most ``max_bytes`` of UTF-8; letters of any script, case and spaces are kept
+    readable. Empty results become ``_``."""
+    s = "".join("_" if ch in "/\\\0" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in name)
+    s = s.strip().lstrip(". ").rstrip(". ")
+    while len(s.encode("utf-8")) > max_bytes:
+        s = s[:-1]
+    return s or "_"

@@ -62,13 +62,19 @@ def save_checkpoint(uri: str, model: nn.Module, cfg: Config, extra: dict[str, An
     return target
 
 
+def read_checkpoint_bytes(uri: str) -> bytes:
+    """The checkpoint file's bytes (a folder URI holds it as ``model.pt``)."""
+    target = _file_uri(uri)
+    try:
+        return read_bytes(target)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {target}") from None
+
+
 def read_checkpoint(uri: str, map_location: str = "cpu") -> dict[str, Any]:
     """The raw payload (format, config, versions, model, extra), loaded safely."""
     target = _file_uri(uri)
-    try:
-        data = read_bytes(target)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {target}") from None
+    data = read_checkpoint_bytes(uri)
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -1,0 +1,224 @@
+"""Separate a whole archive on Ray Data: exactly-once outputs, resumable, flat memory, a manifest.
+
+``separate_archive`` lists the inputs, skips those already done for the same checkpoint and
+queries, streams the rest through decode -> separate (actor pool) -> encode (``batch.stages``),
+and records one manifest row per input only after all of its outputs exist:
+``OUTPUT_URI/_manifest.parquet`` and ``_manifest.csv`` (input, relative_path, status, error,
+duration_s, sample_rate, channels, outputs, seconds, checkpoint, queries).
+
+Exactly once: outputs appear under their final names only when complete; ``_job.json``
+records the checkpoint and queries, and a run with others into the same OUTPUT_URI is refused
+unless ``overwrite``; temporary files (``_tmp/`` and writers' hidden ``.*.tmp`` files) of a
+killed run are removed before anything else, and ``_tmp/`` again at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from typing import Callable, Sequence
+
+from clipsep_ray import storage
+from clipsep_ray.batch import stages
+from clipsep_ray.batch.inputs import ArchiveInput, list_inputs
+
+MANIFEST = "_manifest.parquet"
+MANIFEST_CSV = "_manifest.csv"
+JOB = "_job.json"
+FORMATS = ("flac", "wav")
+COLUMNS = ("input", "relative_path", "status", "error", "duration_s", "sample_rate", "channels", "outputs",
+           "seconds", "checkpoint", "queries")
+_WRITER_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # audio.io.StreamingAudioWriter's temporary names
+
+
+class ArchiveError(ValueError):
+    """A job that must not start (another checkpoint or query set in OUTPUT_URI, a bad format)."""
+
+
+def _checkpoint_id(checkpoint: str) -> str:
+    from clipsep_ray.models.checkpoint import read_checkpoint_bytes
+
+    return hashlib.sha256(read_checkpoint_bytes(checkpoint)).hexdigest()[:16]
+
+
+def _check_job(output_uri: str, job: dict, overwrite: bool, endpoint) -> dict | None:
+    """The previous job record when it matches; refuse a different one unless ``overwrite``."""
+    uri = storage.join_uri(output_uri, JOB)
+    old = json.loads(storage.read_bytes(uri, endpoint)) if storage.exists(uri, endpoint) else None
+    same = old is not None and all(old.get(k) == job[k] for k in ("checkpoint_sha256", "queries", "format"))
+    if old is not None and not same and not overwrite:
+        raise ArchiveError(f"{output_uri} holds outputs of checkpoint {old.get('checkpoint')} with queries "
+                           f"{old.get('queries')} ({old.get('format')}); this run asks for {job['checkpoint']} with "
+                           f"{job['queries']} ({job['format']}): use another OUTPUT_URI, or --overwrite to replace them")
+    return old if same else None
+
+
+def _remove_leftovers(output_uri: str, endpoint) -> int:
+    """Temporary files of a run that was killed: ``_tmp/`` and the writers' hidden temp files."""
+    fs, root = storage.url_to_fs(output_uri, endpoint)
+    if not fs.exists(root):
+        return 0
+    gone = [p for p in fs.find(root) if p[len(root):].lstrip("/").startswith("_tmp/")
+            or _WRITER_TMP.match(p.rsplit("/", 1)[-1])]
+    for p in gone:
+        fs.rm_file(p)
+    if fs.exists(f"{root.rstrip('/')}/_tmp"):
+        fs.rm(f"{root.rstrip('/')}/_tmp", recursive=True)
+    return len(gone)
+
+
+def read_manifest(output_uri: str, endpoint=None) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    uri = storage.join_uri(output_uri, MANIFEST)
+    if not storage.exists(uri, endpoint):
+        return []
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri, endpoint))).to_pylist()
+
+
+def write_manifest(output_uri: str, rows: list[dict], endpoint=None) -> None:
+    """Both manifest files, each replaced atomically."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("input", pa.string()), ("relative_path", pa.string()), ("status", pa.string()),
+                        ("error", pa.string()), ("duration_s", pa.float64()), ("sample_rate", pa.int64()),
+                        ("channels", pa.int64()), ("outputs", pa.list_(pa.string())), ("seconds", pa.float64()),
+                        ("checkpoint", pa.string()), ("queries", pa.list_(pa.string()))])
+    rows = sorted(rows, key=lambda r: r["relative_path"])
+    table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(storage.join_uri(output_uri, MANIFEST), buf.getvalue(), endpoint)
+    flat = table.set_column(7, "outputs", pa.array([json.dumps(r["outputs"]) for r in table.to_pylist()]))
+    flat = flat.set_column(10, "queries", pa.array([json.dumps(r["queries"]) for r in table.to_pylist()]))
+    buf = io.BytesIO()
+    pacsv.write_csv(flat, buf)
+    storage.write_bytes(storage.join_uri(output_uri, MANIFEST_CSV), buf.getvalue(), endpoint)
+
+
+def _is_done(row: dict | None, endpoint) -> bool:
+    return bool(row) and row["status"] == "done" and all(storage.exists(u, endpoint) for u in row["outputs"])
+
+
+def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], names: list[str], model_sr: int,
+              output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
+              task_cpus: float, block_seconds: float, object_store_mb: float | None):
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver prints its own progress
+    if object_store_mb:
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=int(object_store_mb * (1 << 20)))
+    rows = [{"input": i.uri, "relative_path": i.relative_path, "out_dir": i.out_dir, "key": i.key, "status": "ok",
+             "error": "", "sample_rate": 0, "channels": 0, "duration_s": 0.0, "outputs": "[]", "seconds": 0.0}
+            for i in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(stages.per_row(lambda r: stages.decode(r, model_sr=model_sr, output_uri=output_uri,
+                                                               block_seconds=block_seconds)),
+                        batch_size=1, num_cpus=task_cpus)
+    device = "cuda" if gpus_per_actor > 0 else "cpu"
+    ds = ds.map_batches(stages.Separate, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+                        fn_constructor_kwargs={"checkpoint": checkpoint, "queries": queries, "output_uri": output_uri,
+                                               "device": device, "block_seconds": block_seconds})
+    ds = ds.map_batches(stages.per_row(lambda r: stages.encode(r, names=names, model_sr=model_sr, output_uri=output_uri,
+                                                               fmt=fmt, block_seconds=block_seconds)),
+                        batch_size=1, num_cpus=task_cpus)
+    return ds.iter_rows()
+
+
+def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, output_uri: str, *, fmt: str = "flac",
+                     actors: int = 1, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
+                     task_cpus: float = 0.5, address: str | None = None, endpoint: str | None = None,
+                     overwrite: bool = False, block_seconds: float = 30.0, object_store_mb: float | None = None,
+                     log: Callable[[str], None] = print) -> dict:
+    """Separate every audio/video file under ``input_uri`` into ``output_uri``; returns the summary
+    (inputs, done, failed, already_done, separated, ignored, audio_hours, wall_s, failures)."""
+    from clipsep_ray.runtime import cluster_gpus, init_ray
+    from clipsep_ray.separate import Separator
+
+    t0 = time.time()
+    if fmt not in FORMATS:
+        raise ArchiveError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    endpoint = storage.endpoint_url(endpoint)
+    output_uri = storage.normalize_uri(output_uri)
+    checkpoint = storage.normalize_uri(checkpoint)
+    sep = Separator.from_checkpoint(checkpoint, device="cpu")  # a bad checkpoint or query fails here, before work
+    names, _ = sep.projections(list(queries))
+    stages.output_files("x", names, fmt)  # clashing query slugs fail here too
+    job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names, "format": fmt}
+    inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
+    previous = _check_job(output_uri, job, overwrite, endpoint)
+    if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
+        for r in read_manifest(output_uri, endpoint):
+            for u in r["outputs"] or []:
+                if storage.exists(u, endpoint):
+                    storage.url_to_fs(u, endpoint)[0].rm_file(storage.url_to_fs(u, endpoint)[1])
+    removed = _remove_leftovers(output_uri, endpoint)
+    if removed:
+        log(f"[archive] removed {removed} temporary files of an interrupted run")
+    old_rows = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
+    storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
+    rows = {i.relative_path: old_rows[i.relative_path] for i in inputs if _is_done(old_rows.get(i.relative_path),
+                                                                                   endpoint)}
+    todo = [i for i in inputs if i.relative_path not in rows]
+    already = len(rows)
+    log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
+        + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
+    separated = 0
+    if todo:
+        init_ray(address)
+        gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
+        progress = _Progress(len(todo), log)
+        last_write = time.time()
+        for r in _pipeline(todo, checkpoint=checkpoint, queries=names, names=names,
+                           model_sr=sep.cfg.audio.sample_rate, output_uri=output_uri, fmt=fmt, actors=actors,
+                           gpus_per_actor=gpus, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
+                           block_seconds=block_seconds, object_store_mb=object_store_mb):
+            ok = r["status"] == "ok"
+            separated += ok
+            rows[r["relative_path"]] = {
+                "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
+                "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
+                "sample_rate": int(r["sample_rate"]) or None, "channels": int(r["channels"]) or None,
+                "outputs": json.loads(r["outputs"]) if ok else [], "seconds": round(float(r["seconds"]), 3),
+                "checkpoint": checkpoint, "queries": names}
+            if not ok:
+                log(f"[archive] failed: {r['input']}: {r['error']}")
+            progress.update(float(r["duration_s"] or 0.0))
+            if time.time() - last_write > 10:  # the manifest survives a kill, a few rows behind at most
+                write_manifest(output_uri, list(rows.values()), endpoint)
+                last_write = time.time()
+    write_manifest(output_uri, list(rows.values()), endpoint)
+    _remove_leftovers(output_uri, endpoint)
+    failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
+    summary = {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
+               "already_done": already, "separated": separated, "ignored": ignored,
+               "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
+               "wall_s": round(time.time() - t0, 1), "failures": failures, "output_uri": output_uri}
+    return summary
+
+
+class _Progress:
+    """Files done of total, hours of audio, throughput as a multiple of real time, ETA."""
+
+    def __init__(self, total: int, log: Callable[[str], None]):
+        self.total, self.log, self.t0, self.done, self.audio_s, self.shown = total, log, time.time(), 0, 0.0, 0.0
+
+    def update(self, seconds: float) -> None:
+        self.done += 1
+        self.audio_s += seconds
+        now = time.time()
+        if now - self.shown < 2 and self.done < self.total:
+            return
+        self.shown = now
+        el = max(1e-6, now - self.t0)
+        eta = el / self.done * (self.total - self.done)
+        self.log(f"[archive] {self.done}/{self.total} files, {self.audio_s / 3600:.3f} h of audio, "
+                 f"{self.audio_s / el:.1f}x real time, ETA {eta:.0f} s")

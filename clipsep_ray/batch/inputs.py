@@ -1,0 +1,126 @@
+"""What an archive job reads and where each input's outputs go.
+
+INPUT_URI is a local folder, an ``s3://`` (or other fsspec) prefix walked recursively, or a
+CSV / Parquet list of URIs (column ``uri``, else the first column). Every file whose
+extension is an audio or video one is an input, whatever its name (``...wav`` included);
+other files are counted as ignored, never dropped silently.
+
+Each input's outputs go to ``OUTPUT_URI/<relative path without its extension>/``, every path
+component passed through :func:`clipsep_ray.storage.safe_component`; inputs whose sanitised
+paths collide each get a short hash of their original relative path appended, so both survive.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from clipsep_ray import storage
+from clipsep_ray.audio.io import SUPPORTED_AUDIO_EXTENSIONS, SUPPORTED_VIDEO_EXTENSIONS
+
+MEDIA_EXTENSIONS = tuple(e.lstrip(".") for e in SUPPORTED_AUDIO_EXTENSIONS + SUPPORTED_VIDEO_EXTENSIONS)
+LIST_EXTENSIONS = (".csv", ".parquet")
+
+
+class InputError(ValueError):
+    """An INPUT_URI that cannot be listed; the message names it."""
+
+
+@dataclass(frozen=True)
+class ArchiveInput:
+    uri: str  # full URI (or absolute local path) of the input
+    relative_path: str  # as found under INPUT_URI (or in the list), "/"-separated
+    out_dir: str  # sanitised output folder, relative to OUTPUT_URI
+
+    @property
+    def key(self) -> str:
+        """A stable, name-independent id for temporary files."""
+        return hashlib.sha1(self.relative_path.encode("utf-8")).hexdigest()[:16]
+
+
+def extension(name: str) -> str:
+    """The extension after the last dot, lower-case ('' when none): ``...wav`` -> ``wav``."""
+    base = name.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[1].lower() if "." in base else ""
+
+
+def is_media(name: str) -> bool:
+    return extension(name) in MEDIA_EXTENSIONS
+
+
+def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str]]:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    data = storage.read_bytes(uri, endpoint)
+    try:
+        table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else \
+            pacsv.read_csv(io.BytesIO(data))
+    except Exception as exc:
+        raise InputError(f"{uri}: not a readable list of URIs: {exc}") from None
+    if table.num_columns == 0:
+        raise InputError(f"{uri}: the list has no columns")
+    column = "uri" if "uri" in table.column_names else table.column_names[0]
+    out = []
+    for i, u in enumerate(table.column(column).to_pylist()):
+        if not u:
+            raise InputError(f"{uri}: row {i + 1} has an empty {column!r}")
+        u = storage.normalize_uri(str(u))
+        rel = u.split("://", 1)[-1].lstrip("/")
+        out.append((u, rel))
+    return out
+
+
+def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tuple[str, str]]:
+    fs, root = storage.url_to_fs(uri, endpoint)
+    if not fs.exists(root):
+        raise InputError(f"input {uri} does not exist")
+    if fs.isfile(root):
+        return [(storage.to_uri(fs, root), root.rsplit("/", 1)[-1])]
+    skip = storage.url_to_fs(exclude, endpoint)[1].rstrip("/") + "/" if exclude else None
+    out = []
+    for path in sorted(fs.find(root)):
+        if skip and (path + "/").startswith(skip):
+            continue
+        out.append((storage.to_uri(fs, path), path[len(root.rstrip("/")) + 1:]))
+    return out
+
+
+def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | None = None
+                ) -> tuple[list[ArchiveInput], int]:
+    """(inputs in a stable order, number of files ignored for their extension)."""
+    uri = storage.normalize_uri(input_uri)
+    if uri.lower().endswith(LIST_EXTENSIONS):
+        found = _from_list(uri, endpoint)
+        ignored = 0
+    else:
+        every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
+        found = [f for f in every if is_media(f[1])]
+        ignored = len(every) - len(found)
+    bad = [rel for _, rel in found if not is_media(rel)]
+    if bad:
+        raise InputError(f"{input_uri}: {len(bad)} listed file(s) have no audio or video extension, "
+                         f"e.g. {bad[0]!r}")
+    return assign_output_dirs(found), ignored
+
+
+def assign_output_dirs(found: list[tuple[str, str]]) -> list[ArchiveInput]:
+    def sanitised(rel: str) -> str:
+        parts = rel.split("/")
+        ext = extension(parts[-1])
+        parts[-1] = parts[-1][: len(parts[-1]) - len(ext) - 1] if ext else parts[-1]
+        return "/".join(storage.safe_component(p) for p in parts)
+
+    names = [sanitised(rel) for _, rel in found]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n.lower()] = counts.get(n.lower(), 0) + 1  # case-insensitive stores collide too
+    out = []
+    for (uri, rel), name in zip(found, names):
+        if counts[name.lower()] > 1:
+            name = f"{name}~{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}"
+        out.append(ArchiveInput(uri, rel, name))
+    if len({i.uri for i in out}) != len(out):
+        dup = next(u for u in (i.uri for i in out) if sum(j.uri == u for j in out) > 1)
+        raise InputError(f"input {dup} is listed more than once")
+    return out

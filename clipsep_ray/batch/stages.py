@@ -1,0 +1,152 @@
+"""The three stages of the archive pipeline, one input file per row.
+
+decode (CPU task): the input, block by block, resampled to the model rate -> a temporary mono
+  float WAV under ``OUTPUT_URI/_tmp/<key>/``.
+separate (actor pool of model replicas): that signal through the one inference function
+  (``separate_stream``: overlapping windows, batched U-Net, every query from one pass) -> one
+  temporary float WAV per query, at the model rate.
+encode (CPU task): the input decoded again at its own rate, the stems resampled back to it,
+  the residual (input minus the stems), each written under its final name by write-then-rename
+  (a single PUT on object stores), via ``separate.StemAssembler``.
+
+Every stage streams blocks, so a file of hours never sits whole in memory, and the stages of
+different files overlap. A row that fails keeps ``status="failed"`` and the reason (the decoder's
+message for a bad file); later stages pass it through untouched. No stage raises on bad input.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from typing import Callable
+
+import numpy as np
+
+from clipsep_ray import storage
+
+RESIDUAL = "residual"
+# What a bad input can raise while it is decoded, separated or encoded: recorded, never fatal.
+INPUT_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+
+
+def rows_of(batch: dict) -> list[dict]:
+    keys = list(batch)
+    n = len(batch[keys[0]]) if keys else 0
+    return [{k: (batch[k][i].item() if hasattr(batch[k][i], "item") else batch[k][i]) for k in keys}
+            for i in range(n)]
+
+
+def batch_of(rows: list[dict]) -> dict:
+    return {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+def per_row(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """Apply a row function to every ok row of a batch, timing it; failed rows pass through."""
+    def run(batch: dict) -> dict:
+        out = []
+        for row in rows_of(batch):
+            if row["status"] == "ok":
+                t0 = time.perf_counter()
+                try:
+                    row = fn(row)
+                except INPUT_ERRORS as exc:
+                    row = {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                row["seconds"] = float(row["seconds"]) + time.perf_counter() - t0
+            out.append(row)
+        return batch_of(out)
+
+    return run
+
+
+def tmp_uri(output_uri: str, key: str, name: str) -> str:
+    return storage.join_uri(output_uri, "_tmp", key, name)
+
+
+def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float) -> dict:
+    from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
+
+    dest = tmp_uri(output_uri, row["key"], "input.wav")
+    with AudioReader(row["input"]) as reader:
+        down = StreamingResampler(reader.sample_rate, model_sr)
+        n = 0
+        with StreamingAudioWriter(dest, model_sr, subtype="FLOAT") as w:
+            for block in reader.blocks(int(block_seconds * reader.sample_rate)):
+                n += len(block)
+                w.write(down.push(block))
+            w.write(down.flush())
+    return {**row, "sample_rate": int(reader.sample_rate), "channels": int(reader.channels),
+            "duration_s": n / reader.sample_rate}
+
+
+class Separate:
+    """Actor: a model replica (loaded once) that separates one decoded input per row."""
+
+    def __init__(self, checkpoint: str, queries: list[str], output_uri: str, device: str, block_seconds: float):
+        from clipsep_ray.separate import Separator
+
+        self.sep = Separator.from_checkpoint(checkpoint, device=device)
+        self.names, self.proj = self.sep.projections(queries)
+        self.output_uri, self.block_seconds = output_uri, block_seconds
+        self._run = per_row(self.separate)
+
+    def __call__(self, batch: dict) -> dict:
+        return self._run(batch)
+
+    def separate(self, row: dict) -> dict:
+        import torch
+
+        from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter
+        from clipsep_ray.separate import separate_stream
+
+        sr = self.sep.cfg.audio.sample_rate
+        source = tmp_uri(self.output_uri, row["key"], "input.wav")
+        with contextlib.ExitStack() as stack:
+            reader = stack.enter_context(AudioReader(source))
+            writers = [stack.enter_context(StreamingAudioWriter(tmp_uri(self.output_uri, row["key"], f"stem{i}.wav"),
+                                                                sr, subtype="FLOAT"))
+                       for i in range(len(self.names))]
+            blocks = (torch.from_numpy(b) for b in reader.blocks(int(self.block_seconds * sr)))
+            for chunk in separate_stream(self.sep.model, self.sep.frontend, blocks, self.proj,
+                                         self.sep.cfg.inference, self.sep.device):
+                for w, stem in zip(writers, chunk.numpy()):
+                    w.write(stem)
+        return row
+
+
+def output_files(out_dir_uri: str, names: list[str], fmt: str) -> dict[str, str]:
+    """name -> final URI: ``<query slug>.<fmt>`` per query and ``residual.<fmt>``."""
+    files = {n: storage.join_uri(out_dir_uri, f"{storage.slug(n)}.{fmt}") for n in names}
+    files[RESIDUAL] = storage.join_uri(out_dir_uri, f"{RESIDUAL}.{fmt}")
+    return files
+
+
+def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: str, block_seconds: float) -> dict:
+    from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
+    from clipsep_ray.separate import StemAssembler
+
+    files = output_files(storage.join_uri(output_uri, row["out_dir"]), names, fmt)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(AudioReader(row["input"]))
+        sr = source.sample_rate
+        stems = [stack.enter_context(AudioReader(tmp_uri(output_uri, row["key"], f"stem{i}.wav"))).blocks(
+            int(block_seconds * model_sr)) for i in range(len(names))]
+        up = StreamingResampler(model_sr, sr)
+        writers = {n: StreamingAudioWriter(uri, sr) for n, uri in files.items()}
+        try:
+            out = StemAssembler(names, writers)
+            for block in source.blocks(int(block_seconds * sr)):
+                out.add_input(block)
+                parts = [next(s, None) for s in stems]
+                if parts[0] is not None:
+                    out.add_stems(up.push(np.stack(parts)))
+            for rest in zip(*stems):
+                out.add_stems(up.push(np.stack(rest)))
+            out.add_stems(up.flush())
+            out.finish(row["input"])
+        except BaseException:
+            for w in writers.values():
+                w.close(commit=False)
+            raise
+        for w in writers.values():  # every output complete: publish them under their final names
+            w.close(commit=True)
+    return {**row, "outputs": json.dumps(list(files.values()))}

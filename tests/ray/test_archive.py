@@ -1,0 +1,197 @@
+"""Archive separation on Ray Data: mixed formats, rates, channels, a long file, a video, broken
+files and awkward names; stems at the input's rate and length that add back up to the input;
+a manifest row per input; re-runs that do no model work; a killed run that re-runs into exactly
+one complete set of outputs; another query set refused; S3 to S3."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from clipsep_ray.audio.io import load_audio, write_audio
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUERIES = ["dog barking", "Rain!"]
+STEMS = ("dog_barking", "rain", "residual")
+
+
+def _tone(sr: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
+    return mono.astype(np.float32) if channels == 1 else np.stack([mono, 0.5 * mono]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+
+    # synth-clip ships with the package (random weights here), so every Ray worker can build it.
+    cfg = load_config("tiny", ["query.clip_pretrained=", "inference.precision=fp32", "model.unet_width=4"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pt"), model, cfg)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """name -> (sample rate, samples) of the good inputs; the broken ones are listed apart."""
+    from clipsep_ray.synth.videos import write_mp4
+
+    root = tmp_path_factory.mktemp("archive")
+    good = {}
+
+    def add(rel, wave, sr, **kw):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kw:
+            sf.write(str(path), wave.T if wave.ndim == 2 else wave, sr, **kw)
+        else:
+            write_audio(str(path), wave, sr)
+        good[rel] = (sr, wave.shape[-1])
+
+    add("a.wav", _tone(16000, 1.3), 16000)
+    add("sub/b song.flac", _tone(44100, 2.1, channels=2), 44100)
+    add("pcm24.wav", _tone(22050, 1.7, seed=1), 22050, subtype="PCM_24")
+    add("float.wav", _tone(48000, 1.1, seed=2), 48000, subtype="FLOAT")
+    add("d.ogg", _tone(32000, 1.5, seed=3), 32000)
+    add("long/minutes.wav", _tone(8000, 150.0, seed=4), 8000)
+    add("ünï cødé/日本 語.flac", _tone(11025, 1.2, seed=5), 11025)
+    add("...wav", _tone(16000, 1.0, seed=6), 16000)
+    video_audio = _tone(16000, 2.0, seed=7)
+    write_mp4(root / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, video_audio, 16000)
+    good["clip.mp4"] = (16000, None)  # AAC: the decoder's length (priming samples) is what counts
+    (root / "broken.wav").write_bytes(os.urandom(3000))
+    (root / "empty.flac").write_bytes(b"")
+    data = (root / "a.wav").read_bytes()
+    (root / "truncated.mp3").write_bytes(data[:60])
+    (root / "notes.txt").write_text("not audio")
+    return root, good, {"broken.wav", "empty.flac", "truncated.mp3"}
+
+
+def _check_outputs(out, good, broken):
+    from clipsep_ray.batch.archive import read_manifest
+
+    rows = {r["relative_path"]: r for r in read_manifest(str(out))}
+    assert set(rows) == set(good) | broken  # every input has a row, the .txt none
+    csv_lines = (out / "_manifest.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    for rel in broken:
+        assert rows[rel]["status"] == "failed" and rows[rel]["error"] and not rows[rel]["outputs"]
+    dirs = set()
+    for rel, (sr, n) in good.items():
+        r = rows[rel]
+        assert r["status"] == "done", (rel, r["error"])
+        assert r["queries"] == QUERIES and len(r["outputs"]) == 3
+        src, src_sr = load_audio(r["input"])
+        assert src_sr == sr and r["sample_rate"] == sr
+        stems = {}
+        for uri in r["outputs"]:
+            wave, got_sr = load_audio(uri)
+            assert got_sr == sr and len(wave) == len(src), (uri, len(wave), len(src))
+            stems[os.path.basename(uri).rsplit(".", 1)[0]] = wave
+        assert set(stems) == set(STEMS)
+        assert np.abs(sum(stems.values()) - src).max() < 2e-3  # stems + residual = the input (16-bit FLAC)
+        dirs.add(os.path.dirname(r["outputs"][0]))
+    assert len(dirs) == len(good)  # one folder per input, nobody overwrote anybody
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") or "_tmp" in p.parts]
+    assert not leftovers, leftovers
+    return rows
+
+
+def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, archive, tmp_path):
+    from clipsep_ray.batch.archive import ArchiveError, separate_archive
+
+    root, good, broken = archive
+    out = tmp_path / "out"
+    first = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5)
+    assert first["inputs"] == len(good) + len(broken) and first["ignored"] == 1
+    assert first["failed"] == len(broken) and first["separated"] == len(good)
+    rows = _check_outputs(out, good, broken)
+    assert rows["...wav"]["outputs"][0].split("/")[-2] == "_"  # a name of dots becomes a visible folder
+    assert any("ünï cødé/日本 語/" in u for u in rows["ünï cødé/日本 語.flac"]["outputs"])  # unicode kept readable
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+
+    again = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5)
+    assert again["already_done"] == len(good) and again["separated"] == 0  # no model work for done inputs
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")} == before
+
+    with pytest.raises(ArchiveError, match="--overwrite"):
+        separate_archive(checkpoint, ["siren"], str(root), str(out))
+
+
+def test_cli_exit_codes(ray_local, checkpoint, archive, tmp_path, capsys):
+    from clipsep_ray.cli import main
+
+    root, good, broken = archive
+    assert main(["separate-archive", str(root / "long"), str(tmp_path / "o1"), "--checkpoint", checkpoint,
+                 "--query", "dog", "--task-cpus", "0.25", "--cpus-per-actor", "0.5"]) == 0
+    assert main(["separate-archive", str(root / "broken.wav"), str(tmp_path / "o2"), "--checkpoint", checkpoint,
+                 "--query", "dog"]) == 1
+    assert "broken.wav" in capsys.readouterr().out
+    assert main(["separate-archive", str(root), str(tmp_path / "o3"), "--checkpoint", checkpoint,
+                 "--query", " "]) == 2
+    assert main(["separate-archive", str(tmp_path / "missing"), str(tmp_path / "o4"), "--checkpoint", checkpoint,
+                 "--query", "dog"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive, tmp_path):
+    """SIGKILL the driver (joined to this cluster) once outputs start to appear; the re-run completes."""
+    import ray
+
+    from clipsep_ray.batch.archive import separate_archive
+
+    root, good, broken = archive
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": REPO}
+    cmd = [sys.executable, "-m", "clipsep_ray.cli", "separate-archive", str(root), str(out), "--checkpoint", checkpoint,
+           "--query", QUERIES[0], "--query", QUERIES[1], "--task-cpus", "0.25", "--cpus-per-actor", "0.5",
+           "--address", ray.get_runtime_context().gcs_address]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(out.rglob("residual.flac")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the first run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # the cluster ends the dead driver's tasks and actors
+    done_before = len(list(out.rglob("residual.flac")))
+    assert 0 < done_before < len(good)
+    result = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5)
+    assert result["done"] == len(good) and result["failed"] == len(broken)
+    _check_outputs(out, good, broken)
+    assert len(list(out.rglob("*.flac"))) == 3 * len(good)  # exactly one set, no duplicate
+
+
+def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
+    import s3fs
+
+    from clipsep_ray.batch.archive import read_manifest, separate_archive
+
+    root, good, _ = archive
+    bucket = s3_server.make_bucket("archive")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server.endpoint})
+    for rel in ("a.wav", "sub/b song.flac", "clip.mp4"):
+        fs.put_file(str(root / rel), f"{bucket}/in/{rel}")
+    out = f"s3://{bucket}/out"
+    result = separate_archive(checkpoint, QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25, cpus_per_actor=0.5)
+    assert result["done"] == 3 and result["failed"] == 0
+    rows = {r["relative_path"]: r for r in read_manifest(out)}
+    assert set(rows) == {"a.wav", "sub/b song.flac", "clip.mp4"}
+    wave, sr = load_audio(rows["sub/b song.flac"]["outputs"][0])
+    assert sr == 44100 and len(wave) == good["sub/b song.flac"][1]
+    assert not [p for p in fs.find(f"{bucket}/out") if "/_tmp/" in p or p.rsplit("/", 1)[-1].startswith(".")]
+    assert fs.exists(f"{bucket}/out/_manifest.csv")
