@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import tempfile
 import uuid
 from typing import Iterator
@@ -61,6 +62,19 @@ def _to_mono_float(data: np.ndarray) -> np.ndarray:
         else np.ascontiguousarray(data[:, 0], dtype=np.float32)
 
 
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_UNKNOWN_LENGTHS = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # streamed WAVs that never wrote their length
+
+
+def _check_complete(name: str, f: "sf.SoundFile") -> None:
+    """A RIFF/WAV file whose header promises more audio than the file holds is truncated:
+    libsndfile would silently decode the part that is there."""
+    m = _DATA_CHUNK.search(f.extra_info or "")
+    if m and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) not in _UNKNOWN_LENGTHS:
+        raise AudioDecodeError(name, f"truncated: the header declares {m.group(1)} bytes of audio, "
+                                     f"the file holds {m.group(2)}")
+
+
 class AudioReader:
     """Streaming decoder of one source. Use as a context manager.
 
@@ -101,6 +115,7 @@ class AudioReader:
         if ext in _SOUNDFILE_EXTENSIONS or ext == "":
             try:
                 self._sf = sf.SoundFile(target)
+                _check_complete(self.name, self._sf)
                 self.sample_rate, self.channels = self._sf.samplerate, self._sf.channels
                 self.num_frames = self._sf.frames if self._sf.frames > 0 else None
                 return

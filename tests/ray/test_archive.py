@@ -69,16 +69,16 @@ def archive(tmp_path_factory):
     add("d.ogg", _tone(32000, 1.5, seed=3), 32000)
     add("long/minutes.wav", _tone(8000, 150.0, seed=4), 8000)
     add("ünï cødé/日本 語.flac", _tone(11025, 1.2, seed=5), 11025)
-    add("...wav", _tone(16000, 1.0, seed=6), 16000)
+    add("...wav", _tone(16000, 1.0, seed=6), 16000, format="WAV")  # its stem is ".."
     video_audio = _tone(16000, 2.0, seed=7)
     write_mp4(root / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, video_audio, 16000)
     good["clip.mp4"] = (16000, None)  # AAC: the decoder's length (priming samples) is what counts
     (root / "broken.wav").write_bytes(os.urandom(3000))
     (root / "empty.flac").write_bytes(b"")
     data = (root / "a.wav").read_bytes()
-    (root / "truncated.mp3").write_bytes(data[:60])
+    (root / "truncated.wav").write_bytes(data[: len(data) // 2])
     (root / "notes.txt").write_text("not audio")
-    return root, good, {"broken.wav", "empty.flac", "truncated.mp3"}
+    return root, good, {"broken.wav", "empty.flac", "truncated.wav"}
 
 
 def _check_outputs(out, good, broken):

@@ -380,3 +380,16 @@ def test_streaming_resampler_multichannel_matches_per_channel():
     want = np.stack([resample(ch, 16000, 44100) for ch in x])
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_truncated_wav_is_an_error_not_a_shorter_file(tmp_path):
+    from clipsep_ray.audio.io import AudioDecodeError, AudioReader
+
+    wave = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    write_audio(str(tmp_path / "full.wav"), wave, 16000)
+    data = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "half.wav").write_bytes(data[: len(data) // 2])
+    with AudioReader(str(tmp_path / "full.wav")) as r:
+        assert len(r.read()) == 16000
+    with pytest.raises(AudioDecodeError, match="half.wav.*truncated"):
+        AudioReader(str(tmp_path / "half.wav"))
