@@ -18,6 +18,7 @@ import io
 import json
 import re
 import time
+from functools import partial
 from typing import Callable, Sequence
 
 from clipsep_ray import storage
@@ -116,20 +117,20 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], 
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=int(object_store_mb * (1 << 20)))
     rows = [{"input": i.uri, "relative_path": i.relative_path, "out_dir": i.out_dir, "key": i.key, "status": "ok",
-             "error": "", "sample_rate": 0, "channels": 0, "duration_s": 0.0, "outputs": "[]", "seconds": 0.0}
+             "error": "", "sample_rate": 0, "channels": 0, "duration_s": 0.0, "outputs": "[]", "seconds": 0.0,
+             **{f"{s}_rss_mb": 0.0 for s in stages.STAGES}}
             for i in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(stages.per_row(lambda r: stages.decode(r, model_sr=model_sr, output_uri=output_uri,
-                                                               block_seconds=block_seconds)),
-                        batch_size=1, num_cpus=task_cpus)
+    decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
+    encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
+                     block_seconds=block_seconds)
+    ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus)
     device = "cuda" if gpus_per_actor > 0 else "cpu"
     ds = ds.map_batches(stages.Separate, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
                         fn_constructor_kwargs={"checkpoint": checkpoint, "queries": queries, "output_uri": output_uri,
                                                "device": device, "block_seconds": block_seconds})
-    ds = ds.map_batches(stages.per_row(lambda r: stages.encode(r, names=names, model_sr=model_sr, output_uri=output_uri,
-                                                               fmt=fmt, block_seconds=block_seconds)),
-                        batch_size=1, num_cpus=task_cpus)
+    ds = ds.map_batches(stages.per_row(encode, "encode"), batch_size=1, num_cpus=task_cpus)
     return ds.iter_rows()
 
 
@@ -172,6 +173,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
         + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
     separated = 0
+    peak = {s: 0.0 for s in stages.STAGES}
     if todo:
         init_ray(address)
         gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
@@ -183,6 +185,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                            block_seconds=block_seconds, object_store_mb=object_store_mb):
             ok = r["status"] == "ok"
             separated += ok
+            for s in stages.STAGES:
+                peak[s] = max(peak[s], float(r[f"{s}_rss_mb"]))
             rows[r["relative_path"]] = {
                 "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
                 "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
@@ -201,7 +205,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     summary = {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
                "already_done": already, "separated": separated, "ignored": ignored,
                "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
-               "wall_s": round(time.time() - t0, 1), "failures": failures, "output_uri": output_uri}
+               "wall_s": round(time.time() - t0, 1), "failures": failures, "output_uri": output_uri,
+               "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
     return summary
 
 

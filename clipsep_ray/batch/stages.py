@@ -40,8 +40,19 @@ def batch_of(rows: list[dict]) -> dict:
     return {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
 
 
-def per_row(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
-    """Apply a row function to every ok row of a batch, timing it; failed rows pass through."""
+STAGES = ("decode", "separate", "encode")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def per_row(fn: Callable[[dict], dict], stage: str) -> Callable[[dict], dict]:
+    """Apply a row function to every ok row of a batch, timing it and recording the process's
+    peak memory as ``<stage>_rss_mb``; failed rows pass through."""
     def run(batch: dict) -> dict:
         out = []
         for row in rows_of(batch):
@@ -52,6 +63,7 @@ def per_row(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
                 except INPUT_ERRORS as exc:
                     row = {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 row["seconds"] = float(row["seconds"]) + time.perf_counter() - t0
+                row[f"{stage}_rss_mb"] = peak_rss_mb()
             out.append(row)
         return batch_of(out)
 
@@ -87,7 +99,7 @@ class Separate:
         self.sep = Separator.from_checkpoint(checkpoint, device=device)
         self.names, self.proj = self.sep.projections(queries)
         self.output_uri, self.block_seconds = output_uri, block_seconds
-        self._run = per_row(self.separate)
+        self._run = per_row(self.separate, "separate")
 
     def __call__(self, batch: dict) -> dict:
         return self._run(batch)

@@ -73,12 +73,48 @@ def archive(tmp_path_factory):
     video_audio = _tone(16000, 2.0, seed=7)
     write_mp4(root / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, video_audio, 16000)
     good["clip.mp4"] = (16000, None)  # AAC: the decoder's length (priming samples) is what counts
+    add("song.wav", _tone(16000, 1.0, seed=8), 16000)  # song.wav and song.flac: one name, both kept
+    add("song.flac", _tone(24000, 1.0, seed=9), 24000)
+    add("e.mp3", _tone(44100, 1.5, seed=10), 44100, format="MP3")
+    good["e.mp3"] = (44100, None)  # MP3: the decoder's length (encoder delay and padding) is what counts
+    _encode_av(root / "f.m4a", "ipod", _tone(22050, 1.4, seed=11), 22050)
+    good["f.m4a"] = (22050, None)
+    _video_only(root / "silent.mkv")
     (root / "broken.wav").write_bytes(os.urandom(3000))
     (root / "empty.flac").write_bytes(b"")
     data = (root / "a.wav").read_bytes()
     (root / "truncated.wav").write_bytes(data[: len(data) // 2])
     (root / "notes.txt").write_text("not audio")
-    return root, good, {"broken.wav", "empty.flac", "truncated.wav"}
+    return root, good, {"broken.wav", "empty.flac", "truncated.wav", "silent.mkv"}
+
+
+def _encode_av(path, container: str, wave, sr: int) -> None:
+    import av
+
+    with av.open(str(path), "w", format=container) as out:
+        a = out.add_stream("aac", rate=sr)
+        a.layout = "mono"
+        for start in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[start:start + 1024])[None], format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = sr, start
+            out.mux(a.encode(frame))
+        out.mux(a.encode())
+
+
+def _video_only(path) -> None:
+    """A video with no audio track: a failed row ("no audio stream"), not a crash."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=1)
+        v.width = v.height = 32
+        v.pix_fmt = "yuv420p"
+        for i in range(2):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(v.encode(frame))
+        out.mux(v.encode())
 
 
 def _check_outputs(out, good, broken):
@@ -121,6 +157,8 @@ def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, arch
     assert first["failed"] == len(broken) and first["separated"] == len(good)
     rows = _check_outputs(out, good, broken)
     assert rows["...wav"]["outputs"][0].split("/")[-2] == "_"  # a name of dots becomes a visible folder
+    assert {u.split("/")[-2][:5] for r in ("song.wav", "song.flac") for u in rows[r]["outputs"]} == {"song~"}
+    assert "no audio stream" in rows["silent.mkv"]["error"]
     assert any("ünï cødé/日本 語/" in u for u in rows["ünï cødé/日本 語.flac"]["outputs"])  # unicode kept readable
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
 
@@ -174,6 +212,18 @@ def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive,
     assert result["done"] == len(good) and result["failed"] == len(broken)
     _check_outputs(out, good, broken)
     assert len(list(out.rglob("*.flac"))) == 3 * len(good)  # exactly one set, no duplicate
+
+
+def test_list_of_uris(ray_local, checkpoint, archive, tmp_path):
+    from clipsep_ray.batch.archive import read_manifest, separate_archive
+
+    root, good, _ = archive
+    listing = tmp_path / "list.csv"
+    listing.write_text("uri\n" + "\n".join(str(root / r) for r in ("a.wav", "d.ogg")) + "\n")
+    result = separate_archive(checkpoint, QUERIES, str(listing), str(tmp_path / "out"), task_cpus=0.25,
+                              cpus_per_actor=0.5)
+    assert result["done"] == 2
+    assert {r["input"] for r in read_manifest(str(tmp_path / "out"))} == {str(root / "a.wav"), str(root / "d.ogg")}
 
 
 def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):

@@ -1,0 +1,165 @@
+"""Archive separation throughput and memory, measured in one run (ratios, not absolute times).
+
+For each preset (a randomly initialised model of that size: speed does not depend on the
+weights): an archive of ``--files`` files (mixed rates and channel counts, ``--minutes`` of audio
+in all) separated
+  * by the plain single-process loop (``Separator.separate_file`` per file, what
+    ``clipsep-ray separate FOLDER`` does),
+  * by ``separate_archive`` with 1 and with 2 model actors,
+against the model's forward-only throughput (``separate`` on the model-rate signal, no decode,
+resampling or encoding). Then peak memory per stage for a folder holding one 1-minute file and
+one holding a ``--long-minutes`` file. Results: JSON lines appended to ``--out``.
+
+    python benchmarks/bench_archive.py --presets tiny paper --minutes 10 --long-minutes 180
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RATES = [(44100, 2), (16000, 1), (22050, 1), (48000, 2), (8000, 1), (32000, 1)]
+
+
+def make_checkpoint(preset: str, folder: str) -> str:
+    import torch
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+
+    cfg = load_config(preset, ["query.clip_pretrained="])
+    torch.manual_seed(0)
+    return save_checkpoint(os.path.join(folder, f"{preset}.pt"), build_model(cfg.model), cfg)
+
+
+def write_file(path: str, seconds: float, sr: int, channels: int, seed: int) -> None:
+    """Tone + noise, written in 60 s blocks (a long file never sits whole in this process either)."""
+    from clipsep_ray.audio.io import StreamingAudioWriter
+
+    rng = np.random.default_rng(seed)
+    with StreamingAudioWriter(path, sr, channels=channels) as w:
+        done = 0
+        total = int(seconds * sr)
+        while done < total:
+            n = min(60 * sr, total - done)
+            t = (done + np.arange(n)) / sr
+            mono = (0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+            w.write(mono if channels == 1 else np.stack([mono, 0.5 * mono]))
+            done += n
+
+
+def forward_only(checkpoint: str, seconds: float, queries: list[str]) -> float:
+    """Seconds for the model path alone (STFT, U-Net, masks, iSTFT) over ``seconds`` of model-rate audio."""
+    import torch
+
+    from clipsep_ray.separate import Separator, separate
+
+    sep = Separator.from_checkpoint(checkpoint, device="cpu")
+    _, proj = sep.projections(queries)
+    x = torch.randn(int(sep.cfg.audio.sample_rate * seconds)) * 0.1
+    separate(sep.model, sep.frontend, x[: sep.cfg.audio.sample_rate * 5], proj, sep.cfg.inference)  # warm-up
+    t0 = time.perf_counter()
+    separate(sep.model, sep.frontend, x, proj, sep.cfg.inference)
+    return time.perf_counter() - t0
+
+
+def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> float:
+    from clipsep_ray.commands.separate import collect_inputs
+    from clipsep_ray.separate import Separator
+
+    sep = Separator.from_checkpoint(checkpoint, device="cpu")
+    names, _ = sep.projections(queries)
+    t0 = time.perf_counter()
+    for src, name in collect_inputs([folder]):
+        sep.separate_file(src, f"{out}/{name}", names, format="flac")
+    return time.perf_counter() - t0
+
+
+def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int) -> dict:
+    from clipsep_ray.batch.archive import separate_archive
+
+    cpus = 1.0 if actors == 1 else 0.5
+    return separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
+                            log=lambda m: None)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny"])
+    p.add_argument("--files", type=int, default=6)
+    p.add_argument("--minutes", type=float, default=6.0, help="audio in the throughput archive")
+    p.add_argument("--long-minutes", type=float, default=60.0, help="the long file of the memory check (0: skip)")
+    p.add_argument("--queries", type=int, default=2)
+    p.add_argument("--out", default="benchmarks/results/archive_cpu.jsonl")
+    args = p.parse_args(argv)
+
+    from clipsep_ray.runtime import cpu_has_bf16, init_ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init_ray(dashboard=False)
+    queries = ["dog barking", "siren", "violin", "rain"][: args.queries]
+    work = tempfile.mkdtemp(prefix="bench-archive-")
+    machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "bf16": cpu_has_bf16()}
+    try:
+        folder = os.path.join(work, "archive")
+        per = args.minutes * 60 / args.files
+        for i in range(args.files):
+            sr, ch = RATES[i % len(RATES)]
+            write_file(os.path.join(folder, f"f{i}.flac"), per, sr, ch, i)
+        audio_h = args.minutes / 60
+        for preset in args.presets:
+            ckpt = make_checkpoint(preset, work)
+            fwd = forward_only(ckpt, args.minutes * 60, queries)
+            plain = plain_loop(ckpt, folder, os.path.join(work, f"plain-{preset}"), queries)
+            rows = {"forward_only": fwd, "plain_loop": plain}
+            for actors in (1, 2):
+                t0 = time.perf_counter()
+                s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{actors}"), queries, actors)
+                assert s["failed"] == 0, s["failures"]
+                rows[f"archive_{actors}_actors"] = time.perf_counter() - t0
+            result = {"bench": "archive_throughput", "preset": preset, "queries": len(queries), "files": args.files,
+                      "audio_hours": audio_h, "machine": machine,
+                      "seconds": {k: round(v, 2) for k, v in rows.items()},
+                      "audio_hours_per_hour": {k: round(audio_h * 3600 / v, 1) for k, v in rows.items()},
+                      "archive_1_vs_plain": round(plain / rows["archive_1_actors"], 3),
+                      "archive_1_vs_forward_only": round(fwd / rows["archive_1_actors"], 3),
+                      "speedup_2_actors": round(rows["archive_1_actors"] / rows["archive_2_actors"], 3)}
+            print(json.dumps(result), flush=True)
+            _append(args.out, result)
+        if args.long_minutes:
+            ckpt = make_checkpoint(args.presets[0], work)
+            peaks = {}
+            for minutes in (1.0, args.long_minutes):
+                d = os.path.join(work, f"mem-{minutes:g}")
+                write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
+                t0 = time.perf_counter()
+                s = archive(ckpt, d, os.path.join(work, f"mem-out-{minutes:g}"), queries, 1)
+                assert s["failed"] == 0, s["failures"]
+                peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
+                shutil.rmtree(d)
+            result = {"bench": "archive_memory", "preset": args.presets[0], "input": "44.1 kHz stereo FLAC",
+                      "machine": machine, "peak_rss_mb": peaks}
+            print(json.dumps(result), flush=True)
+            _append(args.out, result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _append(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({**result, "date": time.strftime("%Y-%m-%d")}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
