@@ -165,3 +165,30 @@ def test_exit_codes_for_bad_usage(capsys):
     assert e.value.code == 2
     assert main(["train", "--config", "huge"]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_comments_cite_files_inside_the_repository():
+    """The project's notes outside the repository are not there for a user: cite docs/ instead."""
+    out = subprocess.run(["git", "grep", "-n", "-E", r"REFERENCE\.md|DESIGN\.md|SETUP-NOTES|\.\./shared", "--",
+                          ":!tests/unit/test_structure.py"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and not out.stdout, out.stdout  # git grep: 1 = no match
+    for page in ("METHOD.md", "ARCHITECTURE.md", "DECISIONS.md"):
+        assert os.path.exists(os.path.join(ROOT, "docs", page))
+
+
+def test_cited_doc_sections_exist():
+    """Every ``docs/PAGE.md, "Section"`` in the code names a heading or a bold entry of that page."""
+    import re
+
+    cite = re.compile(r'docs/(\w+\.md), "([^"]+)"')
+    found = 0
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    for f in tracked:
+        if f.endswith((".py", ".yaml", ".toml")) and not f.endswith("test_structure.py"):
+            with open(os.path.join(ROOT, f), encoding="utf-8") as fh:
+                for page, section in cite.findall(fh.read()):
+                    with open(os.path.join(ROOT, "docs", page), encoding="utf-8") as doc:
+                        text = doc.read()
+                    assert f"## {section}" in text or f"**{section}" in text, (f, page, section)
+                    found += 1
+    assert found >= 5
