@@ -5,7 +5,8 @@ weights): an archive of ``--files`` files (mixed rates and channel counts, ``--m
 in all) separated
   * by the plain single-process loop (``Separator.separate_file`` per file, what
     ``clipsep-ray separate FOLDER`` does),
-  * by ``separate_archive`` with 1 and with 2 model actors,
+  * by ``separate_archive`` with 1 and with 2 model actors, in each pipeline (fused: each actor
+    decodes, separates and encodes; staged: decode and encode in CPU tasks),
 against the model's forward-only throughput (``separate`` on the model-rate signal, no decode,
 resampling or encoding). Then peak memory per stage for a folder holding one 1-minute file and
 one holding a ``--long-minutes`` file. Results: JSON lines appended to ``--out``.
@@ -85,12 +86,12 @@ def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> fl
     return time.perf_counter() - t0
 
 
-def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int) -> dict:
+def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int, pipeline: str) -> dict:
     from clipsep_ray.batch.archive import separate_archive
 
     cpus = 1.0 if actors == 1 else 0.5
     return separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
-                            log=lambda m: None)
+                            pipeline=pipeline, log=lambda m: None)
 
 
 def main(argv=None) -> None:
@@ -122,18 +123,22 @@ def main(argv=None) -> None:
             fwd = forward_only(ckpt, args.minutes * 60, queries)
             plain = plain_loop(ckpt, folder, os.path.join(work, f"plain-{preset}"), queries)
             rows = {"forward_only": fwd, "plain_loop": plain}
-            for actors in (1, 2):
-                t0 = time.perf_counter()
-                s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{actors}"), queries, actors)
-                assert s["failed"] == 0, s["failures"]
-                rows[f"archive_{actors}_actors"] = time.perf_counter() - t0
+            for pipeline in ("fused", "staged"):
+                for actors in (1, 2):
+                    t0 = time.perf_counter()
+                    s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{pipeline}-{actors}"), queries,
+                                actors, pipeline)
+                    assert s["failed"] == 0, s["failures"]
+                    rows[f"{pipeline}_{actors}_actors"] = time.perf_counter() - t0
             result = {"bench": "archive_throughput", "preset": preset, "queries": len(queries), "files": args.files,
                       "audio_hours": audio_h, "machine": machine,
                       "seconds": {k: round(v, 2) for k, v in rows.items()},
                       "audio_hours_per_hour": {k: round(audio_h * 3600 / v, 1) for k, v in rows.items()},
-                      "archive_1_vs_plain": round(plain / rows["archive_1_actors"], 3),
-                      "archive_1_vs_forward_only": round(fwd / rows["archive_1_actors"], 3),
-                      "speedup_2_actors": round(rows["archive_1_actors"] / rows["archive_2_actors"], 3)}
+                      **{f"{p}_{a}_vs_plain": round(plain / rows[f"{p}_{a}_actors"], 3)
+                         for p in ("fused", "staged") for a in (1, 2)},
+                      **{f"{p}_1_vs_forward_only": round(fwd / rows[f"{p}_1_actors"], 3) for p in ("fused", "staged")},
+                      **{f"{p}_speedup_2_actors": round(rows[f"{p}_1_actors"] / rows[f"{p}_2_actors"], 3)
+                         for p in ("fused", "staged")}}
             print(json.dumps(result), flush=True)
             _append(args.out, result)
         if args.long_minutes:
@@ -143,7 +148,7 @@ def main(argv=None) -> None:
                 d = os.path.join(work, f"mem-{minutes:g}")
                 write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
                 t0 = time.perf_counter()
-                s = archive(ckpt, d, os.path.join(work, f"mem-out-{minutes:g}"), queries, 1)
+                s = archive(ckpt, d, os.path.join(work, f"mem-out-{minutes:g}"), queries, 1, "staged")
                 assert s["failed"] == 0, s["failures"]
                 peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
                 shutil.rmtree(d)

@@ -230,12 +230,13 @@ class Separator:
         return Separation(stems, sample_rate)
 
     def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
-                      block_seconds: float = 60.0) -> dict[str, str]:
+                      block_seconds: float = 60.0, info: dict | None = None) -> dict[str, str]:
         """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
 
         Decoding, resampling, separation and encoding all run block by block, so memory
         does not grow with the file's length. Returns {name: written path}. Outputs are
         written under temporary names and renamed only when the whole file succeeded.
+        ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``.
         """
         from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
 
@@ -274,4 +275,6 @@ class Separator:
                 raise
             for w in writers.values():
                 w.close(commit=True)
+            if info is not None:
+                info.update(sample_rate=sr, channels=reader.channels, samples=stems.taken)
         return files

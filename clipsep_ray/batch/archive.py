@@ -29,6 +29,7 @@ MANIFEST = "_manifest.parquet"
 MANIFEST_CSV = "_manifest.csv"
 JOB = "_job.json"
 FORMATS = ("flac", "wav")
+PIPELINES = ("auto", "staged", "fused")
 COLUMNS = ("input", "relative_path", "status", "error", "duration_s", "sample_rate", "channels", "outputs",
            "seconds", "checkpoint", "queries")
 _WRITER_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # audio.io.StreamingAudioWriter's temporary names
@@ -107,7 +108,7 @@ def _is_done(row: dict | None, endpoint) -> bool:
 
 def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], names: list[str], model_sr: int,
               output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
-              task_cpus: float, block_seconds: float, object_store_mb: float | None):
+              task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str):
     import ray
     from ray.data import DataContext
 
@@ -121,14 +122,18 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], 
              **{f"{s}_rss_mb": 0.0 for s in stages.STAGES}}
             for i in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    device = "cuda" if gpus_per_actor > 0 else "cpu"
+    pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
+            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors))}
+    if mode == "fused":
+        return ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={
+            "checkpoint": checkpoint, "queries": queries, "output_uri": output_uri, "device": device, "fmt": fmt,
+            "block_seconds": block_seconds}).iter_rows()
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
                      block_seconds=block_seconds)
     ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus)
-    device = "cuda" if gpus_per_actor > 0 else "cpu"
-    ds = ds.map_batches(stages.Separate, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
-                        fn_constructor_kwargs={"checkpoint": checkpoint, "queries": queries, "output_uri": output_uri,
+    ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs={"checkpoint": checkpoint, "queries": queries, "output_uri": output_uri,
                                                "device": device, "block_seconds": block_seconds})
     ds = ds.map_batches(stages.per_row(encode, "encode"), batch_size=1, num_cpus=task_cpus)
     return ds.iter_rows()
@@ -138,76 +143,102 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                      actors: int = 1, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
                      task_cpus: float = 0.5, address: str | None = None, endpoint: str | None = None,
                      overwrite: bool = False, block_seconds: float = 30.0, object_store_mb: float | None = None,
-                     log: Callable[[str], None] = print) -> dict:
+                     pipeline: str = "auto", log: Callable[[str], None] = print) -> dict:
     """Separate every audio/video file under ``input_uri`` into ``output_uri``; returns the summary
-    (inputs, done, failed, already_done, separated, ignored, audio_hours, wall_s, failures)."""
-    from clipsep_ray.runtime import cluster_gpus, init_ray
-    from clipsep_ray.separate import Separator
+    (inputs, done, failed, already_done, separated, ignored, audio_hours, wall_s, failures, pipeline,
+    peak_rss_mb per stage).
 
+    ``pipeline``: "staged" (decode and encode in CPU tasks, the model in the actors), "fused" (each
+    actor decodes, separates and encodes its inputs in one pass) or "auto": staged when the model
+    actors have GPUs, fused on CPUs.
+    """
     t0 = time.time()
+    if pipeline not in PIPELINES:
+        raise ArchiveError(f"--pipeline must be one of {', '.join(PIPELINES)}, not {pipeline!r}")
     if fmt not in FORMATS:
         raise ArchiveError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     endpoint = storage.endpoint_url(endpoint)
-    output_uri = storage.normalize_uri(output_uri)
-    checkpoint = storage.normalize_uri(checkpoint)
-    sep = Separator.from_checkpoint(checkpoint, device="cpu")  # a bad checkpoint or query fails here, before work
-    names, _ = sep.projections(list(queries))
-    stages.output_files("x", names, fmt)  # clashing query slugs fail here too
+    output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
+    names, model_sr = _check_model(checkpoint, queries, fmt)
     job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names, "format": fmt}
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
-    previous = _check_job(output_uri, job, overwrite, endpoint)
-    if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
-        for r in read_manifest(output_uri, endpoint):
-            for u in r["outputs"] or []:
-                if storage.exists(u, endpoint):
-                    storage.url_to_fs(u, endpoint)[0].rm_file(storage.url_to_fs(u, endpoint)[1])
-    removed = _remove_leftovers(output_uri, endpoint)
-    if removed:
-        log(f"[archive] removed {removed} temporary files of an interrupted run")
-    old_rows = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
-    storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
-    rows = {i.relative_path: old_rows[i.relative_path] for i in inputs if _is_done(old_rows.get(i.relative_path),
-                                                                                   endpoint)}
+    rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
     todo = [i for i in inputs if i.relative_path not in rows]
     already = len(rows)
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
         + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
-    separated = 0
-    peak = {s: 0.0 for s in stages.STAGES}
+    run = {"separated": 0, "pipeline": None, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     if todo:
-        init_ray(address)
-        gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
-        progress = _Progress(len(todo), log)
-        last_write = time.time()
-        for r in _pipeline(todo, checkpoint=checkpoint, queries=names, names=names,
-                           model_sr=sep.cfg.audio.sample_rate, output_uri=output_uri, fmt=fmt, actors=actors,
-                           gpus_per_actor=gpus, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
-                           block_seconds=block_seconds, object_store_mb=object_store_mb):
-            ok = r["status"] == "ok"
-            separated += ok
-            for s in stages.STAGES:
-                peak[s] = max(peak[s], float(r[f"{s}_rss_mb"]))
-            rows[r["relative_path"]] = {
-                "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
-                "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
-                "sample_rate": int(r["sample_rate"]) or None, "channels": int(r["channels"]) or None,
-                "outputs": json.loads(r["outputs"]) if ok else [], "seconds": round(float(r["seconds"]), 3),
-                "checkpoint": checkpoint, "queries": names}
-            if not ok:
-                log(f"[archive] failed: {r['input']}: {r['error']}")
-            progress.update(float(r["duration_s"] or 0.0))
-            if time.time() - last_write > 10:  # the manifest survives a kill, a few rows behind at most
-                write_manifest(output_uri, list(rows.values()), endpoint)
-                last_write = time.time()
+        run = _separate(todo, rows, job, model_sr=model_sr, output_uri=output_uri, actors=actors,
+                        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
+                        block_seconds=block_seconds, object_store_mb=object_store_mb, pipeline=pipeline,
+                        address=address, endpoint=endpoint, log=log)
     write_manifest(output_uri, list(rows.values()), endpoint)
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
-    summary = {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
-               "already_done": already, "separated": separated, "ignored": ignored,
-               "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
-               "wall_s": round(time.time() - t0, 1), "failures": failures, "output_uri": output_uri,
-               "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
-    return summary
+    return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
+            "already_done": already, "ignored": ignored, "failures": failures, "output_uri": output_uri,
+            "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
+            "wall_s": round(time.time() - t0, 1), **run}
+
+
+def _check_model(checkpoint: str, queries: Sequence[str], fmt: str) -> tuple[list[str], int]:
+    """A bad checkpoint, query or clashing query names fail here, before any work: (names, model rate)."""
+    from clipsep_ray.separate import Separator
+
+    sep = Separator.from_checkpoint(checkpoint, device="cpu")
+    names, _ = sep.projections(list(queries))
+    stages.output_files("x", names, fmt)
+    return names, sep.cfg.audio.sample_rate
+
+
+def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
+    """Check the job record, clear what a killed run left, record this job; the manifest rows of
+    inputs already done (all their outputs there) for the same checkpoint and queries."""
+    previous = _check_job(output_uri, job, overwrite, endpoint)
+    if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
+        for r in read_manifest(output_uri, endpoint):
+            for u in r["outputs"] or []:
+                fs, path = storage.url_to_fs(u, endpoint)
+                if fs.exists(path):
+                    fs.rm_file(path)
+    removed = _remove_leftovers(output_uri, endpoint)
+    if removed:
+        log(f"[archive] removed {removed} temporary files of an interrupted run")
+    old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
+    storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
+    return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
+
+
+def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor: float | None, pipeline: str,
+              address: str | None, output_uri: str, endpoint, log, **pipeline_kw) -> dict:
+    """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
+    from clipsep_ray.runtime import cluster_gpus, init_ray
+
+    init_ray(address)
+    gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
+    mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
+    peak = {s: 0.0 for s in stages.STAGES}
+    separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
+    for r in _pipeline(todo, checkpoint=job["checkpoint"], queries=job["queries"], names=job["queries"],
+                       output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, **pipeline_kw):
+        ok = r["status"] == "ok"
+        separated += ok
+        for s in stages.STAGES:
+            peak[s] = max(peak[s], float(r[f"{s}_rss_mb"]))
+        rows[r["relative_path"]] = {
+            "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
+            "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
+            "sample_rate": int(r["sample_rate"]) or None, "channels": int(r["channels"]) or None,
+            "outputs": json.loads(r["outputs"]) if ok else [], "seconds": round(float(r["seconds"]), 3),
+            "checkpoint": job["checkpoint"], "queries": job["queries"]}
+        if not ok:
+            log(f"[archive] failed: {r['input']}: {r['error']}")
+        progress.update(float(r["duration_s"] or 0.0))
+        if time.time() - last_write > 10:  # the manifest survives a kill, a few rows behind at most
+            write_manifest(output_uri, list(rows.values()), endpoint)
+            last_write = time.time()
+    return {"separated": separated, "pipeline": mode, "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
 
 
 class _Progress:

@@ -1,4 +1,6 @@
-"""The three stages of the archive pipeline, one input file per row.
+"""The stages of the archive pipeline, one input file per row.
+
+With model actors on GPUs the work is split in three (``staged``):
 
 decode (CPU task): the input, block by block, resampled to the model rate -> a temporary mono
   float WAV under ``OUTPUT_URI/_tmp/<key>/``.
@@ -10,7 +12,8 @@ encode (CPU task): the input decoded again at its own rate, the stems resampled 
   (a single PUT on object stores), via ``separate.StemAssembler``.
 
 Every stage streams blocks, so a file of hours never sits whole in memory, and the stages of
-different files overlap. A row that fails keeps ``status="failed"`` and the reason (the decoder's
+different files overlap. On CPU-only pools (``fused``) one actor does the three in one pass
+(:class:`SeparateFile`), streaming the same way. A row that fails keeps ``status="failed"`` and the reason (the decoder's
 message for a bad file); later stages pass it through untouched. No stage raises on bad input.
 """
 from __future__ import annotations
@@ -123,6 +126,31 @@ class Separate:
                 for w, stem in zip(writers, chunk.numpy()):
                     w.write(stem)
         return row
+
+
+class SeparateFile:
+    """Actor for CPU-only pools: decode, separate and encode one input in this process, one
+    pass (``Separator.separate_file``), with no temporary files. On CPUs the split stages only
+    compete for the same cores and decode every input twice (benchmarks/RESULTS.md)."""
+
+    def __init__(self, checkpoint: str, queries: list[str], output_uri: str, device: str, fmt: str,
+                 block_seconds: float):
+        from clipsep_ray.separate import Separator
+
+        self.sep = Separator.from_checkpoint(checkpoint, device=device)
+        self.names, _ = self.sep.projections(queries)
+        self.output_uri, self.fmt, self.block_seconds = output_uri, fmt, block_seconds
+        self._run = per_row(self.separate, "separate")
+
+    def __call__(self, batch: dict) -> dict:
+        return self._run(batch)
+
+    def separate(self, row: dict) -> dict:
+        info: dict = {}
+        files = self.sep.separate_file(row["input"], storage.join_uri(self.output_uri, row["out_dir"]), self.names,
+                                       format=self.fmt, block_seconds=self.block_seconds, info=info)
+        return {**row, "sample_rate": int(info["sample_rate"]), "channels": int(info["channels"]),
+                "duration_s": info["samples"] / info["sample_rate"], "outputs": json.dumps(list(files.values()))}
 
 
 def output_files(out_dir_uri: str, names: list[str], fmt: str) -> dict[str, str]:

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPUs per model actor (default: 1 when the cluster has GPUs, else 0); 0.5 puts 2 actors on a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="F", help="CPUs per model actor")
     p.add_argument("--task-cpus", type=float, default=0.5, metavar="F", help="CPUs per decode / encode task")
+    p.add_argument("--pipeline", choices=["auto", "staged", "fused"], default="auto",
+                   help="staged: decode and encode in CPU tasks, the model in the actors; fused: each actor does all "
+                        "three in one pass; auto (default): staged when the actors have GPUs, else fused")
     p.add_argument("--object-store-mb", type=float, default=None, metavar="MB",
                    help="object-store budget of the pipeline (default: Ray Data's)")
     p.add_argument("--overwrite", action="store_true",
@@ -42,7 +45,7 @@ def execute(args: argparse.Namespace) -> dict:
     return separate_archive(args.checkpoint, args.query, args.input_uri, args.output_uri, fmt=args.format,
                             actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                             task_cpus=args.task_cpus, address=args.address, endpoint=args.endpoint_url,
-                            overwrite=args.overwrite, object_store_mb=args.object_store_mb)
+                            overwrite=args.overwrite, object_store_mb=args.object_store_mb, pipeline=args.pipeline)
 
 
 def run(args: argparse.Namespace) -> int:

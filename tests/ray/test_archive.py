@@ -147,12 +147,15 @@ def _check_outputs(out, good, broken):
     return rows
 
 
-def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, archive, tmp_path):
+@pytest.mark.parametrize("pipeline", ["staged", "fused"])
+def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, archive, tmp_path, pipeline):
     from clipsep_ray.batch.archive import ArchiveError, separate_archive
 
     root, good, broken = archive
     out = tmp_path / "out"
-    first = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5)
+    first = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5,
+                             pipeline=pipeline)
+    assert first["pipeline"] == pipeline
     assert first["inputs"] == len(good) + len(broken) and first["ignored"] == 1
     assert first["failed"] == len(broken) and first["separated"] == len(good)
     rows = _check_outputs(out, good, broken)
@@ -197,7 +200,7 @@ def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive,
     env = {**os.environ, "PYTHONPATH": REPO}
     cmd = [sys.executable, "-m", "clipsep_ray.cli", "separate-archive", str(root), str(out), "--checkpoint", checkpoint,
            "--query", QUERIES[0], "--query", QUERIES[1], "--task-cpus", "0.25", "--cpus-per-actor", "0.5",
-           "--address", ray.get_runtime_context().gcs_address]
+           "--pipeline", "staged", "--address", ray.get_runtime_context().gcs_address]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and not list(out.rglob("residual.flac")):
@@ -208,7 +211,8 @@ def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive,
     time.sleep(2)  # the cluster ends the dead driver's tasks and actors
     done_before = len(list(out.rglob("residual.flac")))
     assert 0 < done_before < len(good)
-    result = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5)
+    result = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5,
+                              pipeline="staged")
     assert result["done"] == len(good) and result["failed"] == len(broken)
     _check_outputs(out, good, broken)
     assert len(list(out.rglob("*.flac"))) == 3 * len(good)  # exactly one set, no duplicate
@@ -238,7 +242,7 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
         fs.put_file(str(root / rel), f"{bucket}/in/{rel}")
     out = f"s3://{bucket}/out"
     result = separate_archive(checkpoint, QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25, cpus_per_actor=0.5)
-    assert result["done"] == 3 and result["failed"] == 0
+    assert result["done"] == 3 and result["failed"] == 0 and result["pipeline"] == "fused"  # auto, no GPU
     rows = {r["relative_path"]: r for r in read_manifest(out)}
     assert set(rows) == {"a.wav", "sub/b song.flac", "clip.mp4"}
     wave, sr = load_audio(rows["sub/b song.flac"]["outputs"][0])
