@@ -89,7 +89,9 @@ def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> fl
 def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int, pipeline: str) -> dict:
     from clipsep_ray.batch.archive import separate_archive
 
-    cpus = 1.0 if actors == 1 else 0.5
+    # The whole box either way: one actor with 2 CPUs (2 threads) or two with 1 each (staged: minus
+    # what the decode and encode tasks reserve).
+    cpus = (2.0 if actors == 1 else 1.0) if pipeline == "fused" else (1.5 if actors == 1 else 0.75)
     return separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
                             pipeline=pipeline, log=lambda m: None)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import time
 from functools import partial
@@ -112,6 +113,8 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], 
     import ray
     from ray.data import DataContext
 
+    from clipsep_ray.runtime import worker_thread_env
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver prints its own progress
     if object_store_mb:
@@ -123,8 +126,12 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], 
             for i in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     device = "cuda" if gpus_per_actor > 0 else "cpu"
+    # Ray sizes a worker's math libraries to 1 thread for fractional or single CPUs: give each model
+    # actor the CPUs it reserves (through the environment, never set_num_threads: runtime.py).
+    threads = worker_thread_env(max(1, math.ceil(cpus_per_actor)))
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
-            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors))}
+            "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
+            "runtime_env": {"env_vars": threads}}
     if mode == "fused":
         return ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={
             "checkpoint": checkpoint, "queries": queries, "output_uri": output_uri, "device": device, "fmt": fmt,
