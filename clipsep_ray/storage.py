@@ -126,10 +126,11 @@ def write_text(uri: str, text: str, endpoint: str | None = None) -> None:
     write_bytes(uri, text.encode("utf-8"), endpoint)
 
 
-def slug(text: str, max_len: int = 60) -> str:
-    """A safe file name for a query or an input name: no separators, no dots first, bounded length."""
+def slug(text: str, max_len: int = 60, empty: str = "query") -> str:
+    """A safe file name for a query or an input name: no separators, no dots first, bounded length;
+    ``empty`` when nothing printable is left (a file named ``...wav`` has the stem ``..``)."""
     s = re.sub(r"[^\w\-]+", "_", text.strip(), flags=re.UNICODE).strip("_.")
-    return (s[:max_len] or "query").lower()
+    return (s[:max_len] or empty).lower()
 
 
 def safe_component(name: str, max_bytes: int = 120) -> str:

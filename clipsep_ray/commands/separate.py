@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         'for all of them)')
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("--format", choices=["wav", "flac", "ogg"], default=None,
-                   help="output format (default: the input's if wav/flac/ogg, else wav)")
+                   help="output format (default: the input's if wav or flac, else flac: lossless, so the stems and "
+                        "the residual add up to the input; ogg only when asked for)")
     options.add_device(p)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                    help="auto uses bf16 where the hardware has it (default: the checkpoint's inference setting)")
@@ -40,8 +41,12 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     """(source, output name) for every media file; folders are walked recursively, in sorted order."""
     import fsspec
 
-    from clipsep_ray.audio.io import is_media_file
+    from clipsep_ray.batch.inputs import extension, is_media
     from clipsep_ray.storage import slug
+
+    def stem(name: str) -> str:  # "...wav" -> "..": the extension is what follows the last dot
+        ext = extension(name)
+        return name[: len(name) - len(ext) - 1] if ext else name
 
     found: list[tuple[str, str]] = []
     for item in inputs:
@@ -49,11 +54,11 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
         if fs.isdir(path):
             proto = item.split("://")[0] + "://" if "://" in item else ""
             for f in sorted(fs.find(path)):
-                if is_media_file(f):
-                    rel = os.path.splitext(os.path.relpath(f, path))[0]
-                    found.append((proto + f if proto else f, "/".join(slug(p, 80) for p in rel.split(os.sep))))
+                if is_media(f):
+                    rel = stem(os.path.relpath(f, path))
+                    found.append((proto + f if proto else f, "/".join(slug(p, 80, "_") for p in rel.split(os.sep))))
         else:
-            found.append((item, slug(os.path.splitext(os.path.basename(path))[0], 80)))
+            found.append((item, slug(stem(os.path.basename(path)), 80, "_")))
     names: dict[str, int] = {}
     unique = []
     for src, name in found:  # two inputs with one name must not overwrite each other

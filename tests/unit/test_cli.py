@@ -37,7 +37,7 @@ def test_separate_folder_writes_stems_per_input(tmp_path, ckpt, inputs):
     rc = main(["separate", "--checkpoint", ckpt, "--query", "dog barking", "--query", "Rain!", str(root),
                "-o", str(out), "--no-progress"])
     assert rc == 0
-    expected = {"a": ("wav", 16000), "sub/b_song": ("flac", 44100), "sub/deeper/c": ("ogg", 22050)}
+    expected = {"a": ("wav", 16000), "sub/b_song": ("flac", 44100), "sub/deeper/c": ("flac", 22050)}  # ogg: lossless
     for name, (ext, sr) in expected.items():
         for stem in ("dog_barking", "rain", "residual"):
             wave, got_sr = load_audio(str(out / name / f"{stem}.{ext}"))
@@ -85,3 +85,27 @@ def test_experiment_configs_load():
     assert {(c.model.arch, c.train.mode, c.model.noise_heads) for c in loaded} >= {
         ("clipsep", "image", 0), ("clipsep", "text", 0), ("clipsep", "hybrid", 0), ("clipsep", "image", 2),
         ("labelsep", "text", 0), ("pit", "image", 0)}
+
+
+def test_no_input_vanishes_lossless_by_default_and_no_empty_folder_on_failure(tmp_path, ckpt, inputs, capsys):
+    """A file named ``...wav`` is separated (under ``_``), an Ogg input gets lossless stems that add up
+    to it, and an input that fails half-way leaves no empty folder behind."""
+    root, files = inputs
+    rng = np.random.default_rng(1)
+    write_audio(str(root / "x.wav"), (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    (root / "x.wav").rename(root / "...wav")
+    out = tmp_path / "out"
+    assert main(["separate", "--checkpoint", ckpt, "--query", "dog", str(root), "-o", str(out), "--no-progress"]) == 0
+    assert "separated 4 of 4 inputs" in capsys.readouterr().out
+    assert (out / "_" / "dog.wav").exists()
+    src, _ = load_audio(str(root / "sub/deeper/c.ogg"))
+    stems = [load_audio(str(out / "sub/deeper/c" / f"{n}.flac"))[0] for n in ("dog", "residual")]
+    assert np.abs(sum(stems) - src).max() < 2e-4  # PCM_16 FLAC: one quantisation step per file
+
+    flac = (out / "sub/b_song/dog.flac").read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "half.flac").write_bytes(flac[: len(flac) // 2])  # decodes for a while, then fails
+    rc = main(["separate", "--checkpoint", ckpt, "--query", "dog", str(tmp_path / "cut"), "-o", str(tmp_path / "o2"),
+               "--no-progress"])
+    assert rc == 1 and "half.flac" in capsys.readouterr().err
+    assert not (tmp_path / "o2" / "half").exists()
