@@ -245,13 +245,13 @@ class Separator:
         written under temporary names and renamed only when the whole file succeeded.
         ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``.
         """
-        from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
+        from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, extension
 
         names, proj = self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
         # Lossless unless asked otherwise: the stems and the residual then add up to the input
         # (an Ogg Vorbis round trip was 4.5% off on a 32 kHz stereo file).
-        ext = format or source.rsplit(".", 1)[-1].lower()
+        ext = format or extension(source).lstrip(".")
         ext = ext if ext in LOSSLESS_FORMATS or (format and ext == "ogg") else "flac"
         files = {n: f"{out_dir.rstrip('/')}/{slug(n)}.{ext}" for n in names}
         files[RESIDUAL] = f"{out_dir.rstrip('/')}/{RESIDUAL}.{ext}"

@@ -37,9 +37,18 @@ class AudioDecodeError(ValueError):
         self.source, self.reason = source, reason
 
 
+def extension(path) -> str:
+    """What follows the last dot of the file name, lower-case, with the dot ('' when none).
+
+    Unlike ``os.path.splitext`` a name of leading dots keeps its extension: ``...wav`` -> ``.wav``.
+    """
+    base = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
+
+
 def is_media_file(path) -> bool:
     """True when ``path``'s extension is a supported audio or video container."""
-    ext = os.path.splitext(str(path))[1].lower()
+    ext = extension(path)
     return ext in SUPPORTED_AUDIO_EXTENSIONS or ext in SUPPORTED_VIDEO_EXTENSIONS
 
 

@@ -16,9 +16,8 @@ import io
 from dataclasses import dataclass
 
 from clipsep_ray import storage
-from clipsep_ray.audio.io import SUPPORTED_AUDIO_EXTENSIONS, SUPPORTED_VIDEO_EXTENSIONS
+from clipsep_ray.audio.io import extension, is_media_file
 
-MEDIA_EXTENSIONS = tuple(e.lstrip(".") for e in SUPPORTED_AUDIO_EXTENSIONS + SUPPORTED_VIDEO_EXTENSIONS)
 LIST_EXTENSIONS = (".csv", ".parquet")
 
 
@@ -36,16 +35,6 @@ class ArchiveInput:
     def key(self) -> str:
         """A stable, name-independent id for temporary files."""
         return hashlib.sha1(self.relative_path.encode("utf-8")).hexdigest()[:16]
-
-
-def extension(name: str) -> str:
-    """The extension after the last dot, lower-case ('' when none): ``...wav`` -> ``wav``."""
-    base = name.rsplit("/", 1)[-1]
-    return base.rsplit(".", 1)[1].lower() if "." in base else ""
-
-
-def is_media(name: str) -> bool:
-    return extension(name) in MEDIA_EXTENSIONS
 
 
 def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str]]:
@@ -95,9 +84,9 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
         ignored = 0
     else:
         every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
-        found = [f for f in every if is_media(f[1])]
+        found = [f for f in every if is_media_file(f[1])]
         ignored = len(every) - len(found)
-    bad = [rel for _, rel in found if not is_media(rel)]
+    bad = [rel for _, rel in found if not is_media_file(rel)]
     if bad:
         raise InputError(f"{input_uri}: {len(bad)} listed file(s) have no audio or video extension, "
                          f"e.g. {bad[0]!r}")
@@ -107,8 +96,7 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
 def assign_output_dirs(found: list[tuple[str, str]]) -> list[ArchiveInput]:
     def sanitised(rel: str) -> str:
         parts = rel.split("/")
-        ext = extension(parts[-1])
-        parts[-1] = parts[-1][: len(parts[-1]) - len(ext) - 1] if ext else parts[-1]
+        parts[-1] = parts[-1][: len(parts[-1]) - len(extension(parts[-1]))]
         return "/".join(storage.safe_component(p) for p in parts)
 
     names = [sanitised(rel) for _, rel in found]

@@ -41,12 +41,11 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     """(source, output name) for every media file; folders are walked recursively, in sorted order."""
     import fsspec
 
-    from clipsep_ray.batch.inputs import extension, is_media
+    from clipsep_ray.audio.io import extension, is_media_file
     from clipsep_ray.storage import slug
 
     def stem(name: str) -> str:  # "...wav" -> "..": the extension is what follows the last dot
-        ext = extension(name)
-        return name[: len(name) - len(ext) - 1] if ext else name
+        return name[: len(name) - len(extension(name))]
 
     found: list[tuple[str, str]] = []
     for item in inputs:
@@ -54,7 +53,7 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
         if fs.isdir(path):
             proto = item.split("://")[0] + "://" if "://" in item else ""
             for f in sorted(fs.find(path)):
-                if is_media(f):
+                if is_media_file(f):
                     rel = stem(os.path.relpath(f, path))
                     found.append((proto + f if proto else f, "/".join(slug(p, 80, "_") for p in rel.split(os.sep))))
         else:
