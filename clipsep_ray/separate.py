@@ -88,6 +88,16 @@ def separate(model: SeparationModel, frontend: SpectralFrontEnd, waveform: Tenso
     return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device)), dim=1)
 
 
+def output_files(out_dir: str, names: Sequence[str], ext: str) -> dict[str, str]:
+    """name -> output path: ``<query slug>.<ext>`` per name and ``residual.<ext>``; queries whose
+    file names would clash are refused."""
+    files = {n: f"{out_dir.rstrip('/')}/{slug(n)}.{ext}" for n in names}
+    files[RESIDUAL] = f"{out_dir.rstrip('/')}/{RESIDUAL}.{ext}"
+    if len(set(files.values())) != len(files):
+        raise QueryError(f"queries {list(names)} give clashing file names")
+    return files
+
+
 def _remove_if_empty(folder: str) -> None:
     """A failed input must not leave an empty output folder behind (local folders only)."""
     if "://" not in folder and os.path.isdir(folder) and not os.listdir(folder):
@@ -253,10 +263,7 @@ class Separator:
         # (an Ogg Vorbis round trip was 4.5% off on a 32 kHz stereo file).
         ext = format or extension(source).lstrip(".")
         ext = ext if ext in LOSSLESS_FORMATS or (format and ext == "ogg") else "flac"
-        files = {n: f"{out_dir.rstrip('/')}/{slug(n)}.{ext}" for n in names}
-        files[RESIDUAL] = f"{out_dir.rstrip('/')}/{RESIDUAL}.{ext}"
-        if len(set(files.values())) != len(files):
-            raise QueryError(f"queries {names} give clashing file names")
+        files = output_files(out_dir, names, ext)
         with AudioReader(source) as reader:
             sr = reader.sample_rate
             down = StreamingResampler(sr, model_sr)

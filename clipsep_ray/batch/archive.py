@@ -191,11 +191,11 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
 
 def _check_model(checkpoint: str, queries: Sequence[str], fmt: str) -> tuple[list[str], int]:
     """A bad checkpoint, query or clashing query names fail here, before any work: (names, model rate)."""
-    from clipsep_ray.separate import Separator
+    from clipsep_ray.separate import Separator, output_files
 
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
     names, _ = sep.projections(list(queries))
-    stages.output_files("x", names, fmt)
+    output_files("x", names, fmt)
     return names, sep.cfg.audio.sample_rate
 
 

@@ -27,7 +27,6 @@ import numpy as np
 
 from clipsep_ray import storage
 
-RESIDUAL = "residual"
 # What a bad input can raise while it is decoded, separated or encoded: recorded, never fatal.
 INPUT_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
 
@@ -93,19 +92,27 @@ def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float) -
             "duration_s": n / reader.sample_rate}
 
 
-class Separate:
-    """Actor: a model replica (loaded once) that separates one decoded input per row."""
+class _ModelActor:
+    """A model replica, loaded once per actor, that runs :meth:`separate` on every ok row."""
 
-    def __init__(self, checkpoint: str, queries: list[str], output_uri: str, device: str, block_seconds: float):
+    def __init__(self, checkpoint: str, queries: list[str], output_uri: str, device: str, block_seconds: float,
+                 fmt: str = "flac"):
         from clipsep_ray.separate import Separator
 
         self.sep = Separator.from_checkpoint(checkpoint, device=device)
         self.names, self.proj = self.sep.projections(queries)
-        self.output_uri, self.block_seconds = output_uri, block_seconds
+        self.output_uri, self.block_seconds, self.fmt = output_uri, block_seconds, fmt
         self._run = per_row(self.separate, "separate")
 
     def __call__(self, batch: dict) -> dict:
         return self._run(batch)
+
+    def separate(self, row: dict) -> dict:
+        raise NotImplementedError
+
+
+class Separate(_ModelActor):
+    """Actor: separates one decoded input (the decode stage's temporary file) per row."""
 
     def separate(self, row: dict) -> dict:
         import torch
@@ -128,22 +135,10 @@ class Separate:
         return row
 
 
-class SeparateFile:
+class SeparateFile(_ModelActor):
     """Actor for CPU-only pools: decode, separate and encode one input in this process, one
     pass (``Separator.separate_file``), with no temporary files. On CPUs the split stages only
     compete for the same cores and decode every input twice (benchmarks/RESULTS.md)."""
-
-    def __init__(self, checkpoint: str, queries: list[str], output_uri: str, device: str, fmt: str,
-                 block_seconds: float):
-        from clipsep_ray.separate import Separator
-
-        self.sep = Separator.from_checkpoint(checkpoint, device=device)
-        self.names, _ = self.sep.projections(queries)
-        self.output_uri, self.fmt, self.block_seconds = output_uri, fmt, block_seconds
-        self._run = per_row(self.separate, "separate")
-
-    def __call__(self, batch: dict) -> dict:
-        return self._run(batch)
 
     def separate(self, row: dict) -> dict:
         info: dict = {}
@@ -153,16 +148,9 @@ class SeparateFile:
                 "duration_s": info["samples"] / info["sample_rate"], "outputs": json.dumps(list(files.values()))}
 
 
-def output_files(out_dir_uri: str, names: list[str], fmt: str) -> dict[str, str]:
-    """name -> final URI: ``<query slug>.<fmt>`` per query and ``residual.<fmt>``."""
-    files = {n: storage.join_uri(out_dir_uri, f"{storage.slug(n)}.{fmt}") for n in names}
-    files[RESIDUAL] = storage.join_uri(out_dir_uri, f"{RESIDUAL}.{fmt}")
-    return files
-
-
 def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: str, block_seconds: float) -> dict:
     from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
-    from clipsep_ray.separate import StemAssembler
+    from clipsep_ray.separate import StemAssembler, output_files
 
     files = output_files(storage.join_uri(output_uri, row["out_dir"]), names, fmt)
     with contextlib.ExitStack() as stack:

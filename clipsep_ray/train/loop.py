@@ -41,7 +41,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
     return opt, sched
 
 
-def _unwrap(model: nn.Module) -> SeparationModel:
+def unwrap(model: nn.Module) -> SeparationModel:
+    """The model inside a DDP wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
 
 
@@ -55,7 +56,7 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     """
     from clipsep_ray.data.mixing import mix_batch, prepare_targets
 
-    core = _unwrap(model)
+    core = unwrap(model)
     column = core.training_column(cfg.train.mode, step)
     if column is not None and column not in batch:
         raise KeyError(f"model.arch={cfg.model.arch} with train.mode={cfg.train.mode} needs a '{column}' column "
@@ -109,7 +110,7 @@ def validate(model: nn.Module, val: ValSet, cfg: Config, device: torch.device) -
     evaluation protocol (``evaluation.protocol.evaluate_rows``, through the one inference function)."""
     from clipsep_ray.evaluation.protocol import evaluate_rows
 
-    core = _unwrap(model)
+    core = unwrap(model)
     was_training = core.training
     core.eval()
     rows = {"audio": val.audio, "image_query": val.image_query, "text_query": val.text_query}

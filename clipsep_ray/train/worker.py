@@ -19,7 +19,8 @@ from torch import nn
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import Config
 from clipsep_ray.models.checkpoint import FILENAME, STATE_FILE
-from clipsep_ray.train.loop import ValSet, make_optimizer, restore_state, train_state, train_step, validate
+from clipsep_ray.train.loop import (ValSet, make_optimizer, restore_state, train_state, train_step, unwrap,
+                                    validate)
 
 #: A hook runs after every optimisation step: hook(step, rank, world_size); it may raise.
 StepHook = Callable[[int, int, int], None]
@@ -82,16 +83,12 @@ class Meter:
                 "data_wait_frac": self.wait / el}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def save_training_checkpoint(w: Worker, directory: str) -> None:
     """``model.pt`` (an ordinary self-describing checkpoint: ``Separator.from_checkpoint(<dir>)``
     reads it) and the optimiser/schedule/random state beside it."""
     from clipsep_ray.models.checkpoint import save_checkpoint
 
-    save_checkpoint(os.path.join(directory, FILENAME), _unwrap(w.model), w.cfg, extra={"step": w.step})
+    save_checkpoint(os.path.join(directory, FILENAME), unwrap(w.model), w.cfg, extra={"step": w.step})
     torch.save(train_state(w.opt, w.sched, w.step, w.generator), os.path.join(directory, STATE_FILE))
 
 
@@ -99,7 +96,7 @@ def load_training_checkpoint(w: Worker, directory: str) -> int:
     from clipsep_ray.models.checkpoint import read_checkpoint
 
     payload = read_checkpoint(os.path.join(directory, FILENAME), map_location=str(w.device))
-    _unwrap(w.model).load_state_dict(payload["model"])
+    unwrap(w.model).load_state_dict(payload["model"])
     state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
     return restore_state(state, w.opt, w.sched, w.generator)
 
