@@ -6,6 +6,7 @@ export RAY_AUTH_MODE ?= disabled
 .PHONY: setup test demo bench
 
 setup:
+	scripts/system-deps.sh
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
 test: setup
