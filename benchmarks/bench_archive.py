@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     from clipsep_ray.runtime import cpu_has_bf16, init_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray(dashboard=False)
+    init_ray()
     queries = ["dog barking", "siren", "violin", "rain"][: args.queries]
     work = tempfile.mkdtemp(prefix="bench-archive-")
     machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "bf16": cpu_has_bf16()}

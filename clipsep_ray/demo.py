@@ -108,7 +108,7 @@ def prepare_world(out: str, store: str, *, split: str = "clean", clips: int = 36
          f"({'cached' if clip['cached'] else 'trained'})")
     from clipsep_ray.runtime import init_ray
 
-    init_ray(address, dashboard=False)
+    init_ray(address)
     from clipsep_ray.data.embed import embed
     from clipsep_ray.data.ingest import IngestOptions, ingest
 

@@ -26,12 +26,15 @@ def ray_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool | None = None,
-             log_to_driver: bool = True, **kwargs: Any) -> bool:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True,
+             **kwargs: Any) -> bool:
     """Join the cluster at ``address`` / ``RAY_ADDRESS``, or start a local one; a no-op when
     Ray is already initialised. Returns True when this call started or joined Ray.
 
-    ``num_cpus`` (default: this machine's) and ``dashboard`` apply to a local start only.
+    ``num_cpus`` (default: this machine's) applies to a local start only. A local start always
+    has its dashboard: it serves the state API, which Ray Train's placement-group cleaner polls
+    every second; without it the demo printed 109 "Failed to query Ray Train Controller actor
+    state" warnings (issue 14), and a crashed controller's placement group would not be freed.
     """
     import ray
 
@@ -41,10 +44,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, dashboa
     if target:
         ray.init(address=target, log_to_driver=log_to_driver, **kwargs)
     else:
-        local = {"num_cpus": num_cpus or os.cpu_count() or 1}
-        if dashboard is not None:
-            local["include_dashboard"] = dashboard
-        ray.init(log_to_driver=log_to_driver, **local, **kwargs)
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=log_to_driver, **kwargs)
     return True
 
 

@@ -97,7 +97,9 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
                                                resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
-            worker_runtime_env={"env_vars": worker_thread_env(threads)},
+            # Train V2 patches the workers' print to tee into its logger as well, so every
+            # progress line reached the terminal twice (issue 14): plain prints, printed once.
+            worker_runtime_env={"env_vars": {**worker_thread_env(threads), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep,
                                                          checkpoint_score_attribute="val_sdr" if val else "step",
