@@ -37,14 +37,15 @@ def run_demo(out: str = "demo-out", *, storage: str | None = None, address: str 
     out = os.path.abspath(out)
     store = (storage or os.path.join(out, "store")).rstrip("/")
     os.makedirs(out, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {}  # finished stages only: stage -> seconds
+    started: dict[str, float] = {}
 
     def stage(name: str):
-        timings[name] = time.time()
+        started[name] = time.time()
         _log(name)
 
     def done(name: str):
-        timings[name] = round(time.time() - timings[name], 1)
+        timings[name] = round(time.time() - started.pop(name), 1)
 
     stage("data")
     data = prepare_world(out, store, split="clean", clips=clips, test_clips=test_clips, seed=seed,
@@ -68,16 +69,17 @@ def run_demo(out: str = "demo-out", *, storage: str | None = None, address: str 
 
     # 5. evaluate on the test set with text (prompt ensemble) and image queries.
     stage("evaluate")
-    rows = evaluate_checkpoint(ckpt_dir, data["test"], out, train_data="clean").summary
+    evaluation = evaluate_checkpoint(ckpt_dir, data["test"], out, train_data="clean")
+    rows = evaluation.summary
     done("evaluate")
     table = markdown_table(rows)
     print(table)
 
     # 6. example separations and the report page.
     stage("report")
-    shown = _examples(ckpt_dir, data["test"], out, examples)
-    _write_report(out, table, shown, rows, timings, time.time() - t_start)
+    shown = _examples(ckpt_dir, data["test"], out, examples, evaluation.per_clip)
     done("report")
+    _write_report(out, table, shown, timings, time.time() - t_start)
     result = {"out": out, "checkpoint": ckpt_dir, "results": rows, "timings_s": timings,
               "total_s": round(time.time() - t_start, 1), "counts": data["counts"]}
     with open(os.path.join(out, "demo.json"), "w") as fh:
@@ -139,13 +141,15 @@ def _copy_checkpoint(uri: str, dest: str) -> None:
     fs.get(path.rstrip("/") + "/" + FILENAME, os.path.join(dest, FILENAME))
 
 
-def _examples(ckpt_dir: str, test_uri: str, out: str, count: int) -> list[dict]:
-    """Mix pairs of test clips of different classes, separate with the target's class name as text query."""
+def _examples(ckpt_dir: str, test_uri: str, out: str, count: int, per_clip: list[dict]) -> list[dict]:
+    """Re-create the evaluation's text-query mixtures whose SDRi lies nearest the median (one per
+    class), separate them with the target's class name as text query, and draw them."""
     import numpy as np
 
     from clipsep_ray.audio.io import write_audio
     from clipsep_ray.data.shards import eval_rows
-    from clipsep_ray.report import spectrogram_png
+    from clipsep_ray.evaluation.protocol import eval_pairs
+    from clipsep_ray.report import near_median, spectrogram_png
     from clipsep_ray.separate import Separator
     from clipsep_ray.storage import slug
 
@@ -153,12 +157,14 @@ def _examples(ckpt_dir: str, test_uri: str, out: str, count: int) -> list[dict]:
     rows = eval_rows(test_uri, sep.cfg)
     sr = sep.cfg.audio.sample_rate
     labels = rows["label"]
-    examples, used = [], set()
-    for i in range(len(labels)):
-        j = next((k for k in range(i + 1, len(labels)) if labels[k] != labels[i] and labels[k] not in used), None)
-        if j is None or labels[i] in used:
-            continue
-        used.update({labels[i], labels[j]})
+    pairs = eval_pairs(len(labels), labels=labels)  # the evaluation's own mixtures
+    index = {cid: i for i, cid in enumerate(rows["clip_id"])}
+    text = [r for r in per_clip if r["query_kind"] == "text" and r["clip_id"] in index]
+    median = float(np.median([r["sdri"] for r in text])) if text else None
+    examples = []
+    for record in near_median(text, count):
+        i = index[record["clip_id"]]
+        j = int(pairs[i])
         target, other = rows["audio"][i] / 2, rows["audio"][j] / 2
         mixture = (target + other).astype(np.float32)
         query = labels[i]
@@ -175,19 +181,19 @@ def _examples(ckpt_dir: str, test_uri: str, out: str, count: int) -> list[dict]:
             ref = spectrogram_png(wave, sr, os.path.join(d, base + ".png"), ref=ref, title=caption)
             table.append({"caption": caption, "audio": f"examples/{name}/{base}.wav",
                           "picture": f"examples/{name}/{base}.png"})
-        examples.append({"name": name, "query": query, "rows": table})
-        if len(examples) == count:
-            break
+        examples.append({"name": name, "query": query, "rows": table, "sdri": float(record["sdri"]),
+                         "median_sdri": median, "clip_id": record["clip_id"]})
     return examples
 
 
-def _write_report(out: str, table: str, examples: list[dict], rows: list[dict], timings: dict, total: float) -> None:
+def _write_report(out: str, table: str, examples: list[dict], timings: dict[str, float], total: float) -> None:
     from clipsep_ray.report import html_page
 
     notes = ["Trained on the synthetic world with IMAGE queries only (no labels); evaluated with TEXT queries "
              "(prompt ensemble) and image queries on held-out test mixtures, beside the unprocessed mixture and "
              "the oracle ideal binary / ratio masks.",
-             f"Stage timings (s): {json.dumps(timings)}; total {total:.0f} s."]
-    page = html_page("clipsep-ray demo", table, examples, notes)
+             f"Total {total:.0f} s. The examples are the text-query test mixtures whose SDRi lies nearest the "
+             "median, one per class."]
+    page = html_page("clipsep-ray demo", table, examples, notes, timings=timings)
     with open(os.path.join(out, "index.html"), "w") as fh:
         fh.write(page)

@@ -6,6 +6,7 @@ with a perceptual-ish colour map, low frequencies at the bottom.
 from __future__ import annotations
 
 import html
+import math
 import os
 
 import numpy as np
@@ -43,8 +44,27 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: str, n_fft: int = 
     return ref
 
 
-def html_page(title: str, table_md: str, examples: list[dict], notes: list[str] | None = None) -> str:
-    """examples: [{"name", "query", "rows": [{"caption", "audio", "picture"}...]}] with paths relative to the page."""
+def near_median(records: list[dict], count: int, key: str = "sdri", distinct: str = "label") -> list[dict]:
+    """``count`` records whose ``key`` lies nearest the median of all, one per ``distinct`` value
+    where there are enough: examples that show the model as the table does, not its best or worst."""
+    scored = [r for r in records if r.get(key) is not None and math.isfinite(float(r[key]))]
+    if not scored:
+        return []
+    median = float(np.median([float(r[key]) for r in scored]))
+    ranked = sorted(scored, key=lambda r: abs(float(r[key]) - median))
+    picked, seen = [], set()
+    for r in ranked:
+        if r.get(distinct) not in seen:
+            picked.append(r)
+            seen.add(r.get(distinct))
+    picked += [r for r in ranked if r not in picked]
+    return picked[:count]
+
+
+def html_page(title: str, table_md: str, examples: list[dict], notes: list[str] | None = None,
+              timings: dict[str, float] | None = None) -> str:
+    """examples: [{"name", "query", "rows": [{"caption", "audio", "picture"}...]}, optional "sdri"
+    and "median_sdri"] with paths relative to the page; ``timings``: stage -> seconds."""
     def md_to_html(md: str) -> str:
         lines = [l for l in md.strip().splitlines() if not set(l.replace("|", "").strip()) <= {"-"}]
         out = ["<table>"]
@@ -60,9 +80,18 @@ def html_page(title: str, table_md: str, examples: list[dict], notes: list[str] 
              "img{display:block}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for n in notes or []:
         parts.append(f"<p>{html.escape(n)}</p>")
+    if timings:
+        parts.append("<h2>Stage timings</h2><table><tr><th>stage</th><th>seconds</th></tr>"
+                     + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in timings.items())
+                     + "</table>")
     parts += ["<h2>Separation quality (SDR, dB)</h2>", md_to_html(table_md), "<h2>Examples</h2>"]
     for ex in examples:
-        parts.append(f"<h3>{html.escape(ex['name'])}: query &ldquo;{html.escape(ex['query'])}&rdquo;</h3><div>")
+        score = ""
+        if ex.get("sdri") is not None:
+            score = f" &mdash; SDRi {ex['sdri']:.2f} dB"
+            if ex.get("median_sdri") is not None:
+                score += f" (median over the test mixtures: {ex['median_sdri']:.2f} dB)"
+        parts.append(f"<h3>{html.escape(ex['name'])}: query &ldquo;{html.escape(ex['query'])}&rdquo;{score}</h3><div>")
         for row in ex["rows"]:
             parts.append(f"<figure><img src='{html.escape(row['picture'])}' alt='{html.escape(row['caption'])}'>"
                          f"<figcaption>{html.escape(row['caption'])}<br><audio controls preload='none' "

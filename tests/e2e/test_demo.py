@@ -40,6 +40,11 @@ def test_demo_writes_results_checkpoint_and_report(demo):
     assert (out / "checkpoints" / "best" / "model.pt").exists()
     page = (out / "index.html").read_text()
     assert "CLIPSep" in page and "<audio" in page and ".png" in page
+    timings = page.split("<h2>Stage timings</h2>")[1].split("</table>")[0]
+    for stage in ("data", "train", "evaluate", "report"):
+        seconds = float(timings.split(f"<tr><td>{stage}</td><td>")[1].split("<")[0])
+        assert 0 <= seconds < 3600, (stage, seconds)  # durations, never a timestamp
+    assert "SDRi " in page and "median over the test mixtures" in page
     ex = [p for p in (out / "examples").rglob("*") if p.suffix in (".wav", ".png")]
     assert len(ex) == 10  # mixture, estimate, residual, two references: a WAV and a picture each
     assert (out / "per_clip.csv").exists() and (out / "results.md").exists()
