@@ -9,6 +9,8 @@ Measures, in one run on one machine, for each preset:
   path32  : the same with precision=fp32;
   sdr     : SDR of the path's estimates vs. the fp32 run's on the same mixtures;
   queries : the whole path with 8 queries vs. 1 query;
+  (every timed variant is warmed up first, then the variants run in turns; medians with
+  min/max are reported, with the CPU features the figures came from: benchmarks/timing.py)
   memory  : peak RSS of a child process separating a 1-minute and a long (60-minute) file.
 
 Usage: python benchmarks/bench_separate.py [--presets tiny paper] [--seconds 60] [--long-minutes 60]
@@ -19,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -38,18 +38,10 @@ from clipsep_ray.models.registry import build_model
 from clipsep_ray.runtime import autocast_dtype
 from clipsep_ray.separate import Separator, separate
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import cpu_features, interleaved, machine  # noqa: E402
+
 QUERIES = ["dog barking", "violin", "rain", "siren", "piano", "engine", "bird chirping", "church bell"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}, {gpu}"
 
 
 def test_signal(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
@@ -60,16 +52,6 @@ def test_signal(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
     x += 0.1 * np.sin(2 * np.pi * 880 * t + 3 * np.sin(2 * np.pi * 5 * t))
     x += 0.05 * rng.standard_normal(len(t))
     return x.astype(np.float32)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (thread pools, allocator, oneDNN kernels)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def plain_forward_seconds(model, cfg, wave_model_rate: np.ndarray, device) -> tuple[float, int]:
@@ -90,7 +72,7 @@ def plain_forward_seconds(model, cfg, wave_model_rate: np.ndarray, device) -> tu
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    secs = timed(run, 2)
+    secs = interleaved({"plain": run}, 2)["plain"]["median"]
     model.channels_last = cl
     return secs, windows.shape[0]
 
@@ -154,25 +136,26 @@ def bench_preset(preset: str, args, tmp: str) -> dict:
     x_model = resample(wave, sr_in, cfg.audio.sample_rate)
     plain, n_windows = plain_forward_seconds(load_checkpoint(ckpt)[0], cfg, x_model, device)
 
-    def path_time(precision: str, queries: list[str]) -> float:
-        sep = Separator.from_checkpoint(ckpt, precision=precision, query_encoder=encoder)
-        return timed(lambda: sep.separate_file(src, os.path.join(tmp, f"out-{precision}-{len(queries)}"), queries),
-                     args.repeats)
-
-    # The core function alone at the model rate (no decode/resample/encode): 8 queries vs 1.
+    # The whole path (files in, files out) and the core function alone at the model rate (no
+    # decode/resample/encode), every variant warmed up, then timed in turns (benchmarks/timing.py).
     sep_core = Separator.from_checkpoint(ckpt, query_encoder=encoder)
     x_t = torch.from_numpy(np.asarray(x_model, dtype=np.float32))
+    seps = {p: Separator.from_checkpoint(ckpt, precision=p, query_encoder=encoder) for p in ("auto", "fp32")}
 
-    def core_time(q: int) -> float:
+    def path(precision: str, q: int):
+        return lambda: seps[precision].separate_file(src, os.path.join(tmp, f"out-{precision}-{q}"), QUERIES[:q])
+
+    def core(q: int):
         _, proj = sep_core.projections(QUERIES[:q])
-        return timed(lambda: separate(sep_core.model, sep_core.frontend, x_t, proj, sep_core.cfg.inference,
-                                      sep_core.device), args.repeats)
+        return lambda: separate(sep_core.model, sep_core.frontend, x_t, proj, sep_core.cfg.inference, sep_core.device)
 
-    core1, core8 = core_time(1), core_time(8)
+    times = interleaved({"path_auto_1": path("auto", 1), "path_auto_8": path("auto", 8),
+                         "path_fp32_1": path("fp32", 1), "core_1": core(1), "core_8": core(8)},
+                        args.repeats, warmup=args.warmup)
+    med = {k: v["median"] for k, v in times.items()}
+    core1, core8 = med["core_1"], med["core_8"]
     auto = autocast_dtype("auto", device)
-    t_auto1 = path_time("auto", QUERIES[:1])
-    t_auto8 = path_time("auto", QUERIES[:8])
-    t_fp32 = path_time("fp32", QUERIES[:1])
+    t_auto1, t_auto8, t_fp32 = med["path_auto_1"], med["path_auto_8"], med["path_fp32_1"]
 
     # Precision: estimates of the default path vs. the all-fp32 path on 2-source mixtures.
     sep_auto = Separator.from_checkpoint(ckpt, precision="auto", query_encoder=encoder)
@@ -188,7 +171,9 @@ def bench_preset(preset: str, args, tmp: str) -> dict:
     sdr_f = bss_eval(refs, torch.from_numpy(np.stack([est_f[q] for q in qs])).double())["sdr"]
 
     row = {
-        "preset": preset, "device": str(device), "autocast": str(auto), "input_seconds": args.seconds,
+        "preset": preset, "device": str(device), "autocast": str(auto), "cpu_features": cpu_features(),
+        "input_seconds": args.seconds, "repeats": args.repeats, "warmup": args.warmup,
+        "timings_s": {k: {m: round(v[m], 4) for m in ("median", "min", "max")} for k, v in times.items()},
         "windows": n_windows,
         "plain_fp32_forward_s": plain, "plain_x_realtime": args.seconds / plain,
         "path_s": t_auto1, "path_x_realtime": args.seconds / t_auto1,
@@ -220,7 +205,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--long-minutes", type=float, default=60.0, help="0 skips the memory measurement")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per variant (medians reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of every variant before timing")
     p.add_argument("--checkpoint", default=None, help="also benchmark this trained checkpoint ('checkpoint' row)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
