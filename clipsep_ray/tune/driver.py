@@ -54,16 +54,24 @@ class StudySearch(OptunaSearch):
         trial.set_user_attr("run", run)
         return {**config, RUN_KEY: run}
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+    def _record(self, trial_id: str, result: dict | None) -> None:
+        if not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         trial = self._ot_trials[trial_id]
         value = result.get(self.metric)
+        step = int(result.get("step", result.get(TRAINING_ITERATION, 0)))
         if st.finite(value):
-            trial.report(float(value), int(result.get("step", result[TRAINING_ITERATION])))
+            trial.report(float(value), step)  # Optuna ignores a step reported twice
         for key in REPORTED_ATTRS:
             if st.finite(result.get(key)):
                 trial.set_user_attr(key, result[key])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._record(trial_id, result)  # the last report reaches the searcher only here
+        super().on_trial_complete(trial_id, result, error)
 
 
 def _train(cfg_dict: dict, callback) -> dict:
