@@ -152,6 +152,6 @@ def run_sweep(sweep: Sweep, *, storage_uri: str = "sweeps", study: str | None = 
     else:
         print(f"[tune] study '{name}' already holds its {sweep.trials} trials: reporting only", flush=True)
     report = write_report(root, name, storage)
-    return {"study": name, "root": root, "trials_run": ran, "retried": retried, "finished": remaining <= 0,
+    return {"study": name, "root": root, "trials_run": ran, "retried": retried, "already_finished": remaining <= 0,
             **report}
 

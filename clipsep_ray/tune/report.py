@@ -28,6 +28,7 @@ def trial_rows(study) -> list[dict[str, Any]]:
     sweep = study.user_attrs.get("sweep", {})
     names = list(sweep.get("space", {}))
     maximize = sweep.get("objective", {}).get("mode", "max") == "max"
+    max_steps = study.user_attrs.get("base_config", {}).get("train", {}).get("max_steps")
     rows = []
     for t in study.get_trials(deepcopy=False):
         value = t.value if t.values else None
@@ -35,11 +36,23 @@ def trial_rows(study) -> list[dict[str, Any]]:
                      **{n: t.params.get(n) for n in names}, "run": t.user_attrs.get("run", ""),
                      "steps": t.user_attrs.get("step"), "start_step": t.user_attrs.get("start_step"),
                      "tune_s": t.user_attrs.get("time_total_s"), "retry_of": t.user_attrs.get("retry_of"),
-                     "note": "interrupted (driver died)" if t.user_attrs.get("interrupted")
-                     else t.user_attrs.get("fail_reason", "")})
+                     "note": _note(t, max_steps)})
     scored = [r for r in rows if st.finite(r["objective"])]
     scored.sort(key=lambda r: -r["objective"] if maximize else r["objective"])
     return scored + [r for r in rows if not st.finite(r["objective"])]
+
+
+def _note(t, max_steps: int | None) -> str:
+    if t.user_attrs.get("interrupted"):
+        return "interrupted (driver died); retried as a new trial"
+    if t.user_attrs.get("fail_reason"):
+        return t.user_attrs["fail_reason"]
+    step = t.user_attrs.get("step")
+    if t.state.name == "COMPLETE" and max_steps and st.finite(step) and step < max_steps:
+        return f"stopped by ASHA at step {step}"
+    if t.user_attrs.get("retry_of") is not None:
+        return f"retry of trial {t.user_attrs['retry_of']} (resumed from step {t.user_attrs.get('start_step')})"
+    return ""
 
 
 def _cell(v: Any) -> str:
