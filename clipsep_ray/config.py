@@ -127,6 +127,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     noise_reg_lambda: float = 0.1
     noise_reg_gamma: float = 0.25
+    nit_warmup_steps: int = 0  # steps of plain CLIPSep loss (noise heads unused) before NIT starts
     num_workers: int = 1
     use_gpu: bool = False
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it: GPU, or CPU with avx512_bf16/AMX) | fp32 | bf16
@@ -245,6 +246,8 @@ class Config:
             raise ConfigError("inference.overlap must be in [0, 1)")
         if m.noise_heads < 0:
             raise ConfigError("model.noise_heads must be >= 0")
+        if self.train.nit_warmup_steps < 0:
+            raise ConfigError("train.nit_warmup_steps must be >= 0")
         if self.mixing.num_sources < 2:
             raise ConfigError("mixing.num_sources must be >= 2")
         return self

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 COMMANDS = {
     "synth": "synth", "synth-clip": "synth_clip", "ingest": "ingest", "embed": "embed", "train": "train",
     "evaluate": "evaluate", "separate": "separate", "separate-archive": "separate_archive", "demo": "demo",
+    "tune": "tune",
 }
 
 

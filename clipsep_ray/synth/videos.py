@@ -14,7 +14,8 @@ frames per second, ``size`` x ``size`` pixels, and AAC mono audio at 16 kHz; cli
 - ``clean``: one on-screen source per clip (what the video shows is what you hear);
 - ``noisy``: the on-screen source plus an off-screen source of another class at an
   on/off-screen SNR drawn from ``offscreen_snr_db`` and background noise at an SNR
-  (relative to the on-screen source) drawn from ``noise_snr_db``, as in VGGSound.
+  (relative to the on-screen source) drawn from ``noise_snr_db``, as in VGGSound; only a
+  ``noisy_fraction`` of the training clips (default all) is noisy, the rest are clean.
 
 Validation and test clips are always clean (their sources serve as references, as for
 the paper's clean test sets). Labels are class-balanced within each subset (counts
@@ -45,7 +46,7 @@ INDEX_COLUMNS = ["path", "label", "subset", "clip_id", "duration_s", "n_frames",
                  "offscreen_label", "offscreen_snr_db", "noise_snr_db"]
 
 # stream keys for class_rng(seed, subset, index, KEY)
-_K_LABELS, _K_LEN, _K_SOUND, _K_PICTURE, _K_OFF, _K_NOISE, _K_OFF_SOUND, _K_ROOM = range(8)
+_K_LABELS, _K_LEN, _K_SOUND, _K_PICTURE, _K_OFF, _K_NOISE, _K_OFF_SOUND, _K_ROOM, _K_FRACTION = range(9)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class WorldSpec:
     offscreen_snr_db: tuple[float, float] = (-2.0, 8.0)
     noise_snr_db: tuple[float, float] = (10.0, 30.0)
     room_tone_db: tuple[float, float] = (30.0, 45.0)  # on-screen source RMS over room-tone RMS, every clip
+    noisy_fraction: float = 1.0      # share of a noisy world's training clips that are noisy
     codec: str = "mpeg4"             # mpeg4 (byte-deterministic) | libx264 (see write_mp4)
     version: int = field(default=WORLD_VERSION)
 
@@ -74,6 +76,12 @@ class WorldSpec:
             raise ValueError(f"clips must be >= 1, got {self.clips}")
         if self.codec not in ("mpeg4", "libx264"):
             raise ValueError(f"codec must be 'mpeg4' or 'libx264', got {self.codec!r}")
+        if not 0.0 <= self.noisy_fraction <= 1.0:
+            raise ValueError(f"noisy_fraction must be in [0, 1], got {self.noisy_fraction}")
+        for key in ("offscreen_snr_db", "noise_snr_db"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise ValueError(f"{key} must be (low, high) with low <= high, got {(lo, hi)}")
         if self.min_seconds * self.fps < 8 or self.max_seconds < self.min_seconds:
             raise ValueError("clips need at least 8 s (8 frames at 1 fps) and max_seconds >= min_seconds")
 
@@ -87,6 +95,8 @@ class WorldSpec:
         d = asdict(self)
         for key in ("offscreen_snr_db", "noise_snr_db", "room_tone_db"):
             d[key] = list(d[key])
+        if d["noisy_fraction"] == 1.0:
+            del d["noisy_fraction"]  # the default: worlds cached before the option stay valid
         return d
 
 
@@ -107,7 +117,8 @@ def clip_plan(spec: WorldSpec, subset: str, index: int) -> dict:
            "clip_id": f"synth-{spec.split}-s{spec.seed}-{subset}-{index:05d}",
            "duration_s": n_frames / spec.fps, "n_frames": n_frames, "fps": spec.fps,
            "sample_rate": SAMPLE_RATE, "offscreen_label": "", "offscreen_snr_db": "", "noise_snr_db": ""}
-    if spec.split == "noisy" and subset == "train":
+    noisy = spec.noisy_fraction >= 1.0 or class_rng(spec.seed, s, index, _K_FRACTION).random() < spec.noisy_fraction
+    if spec.split == "noisy" and subset == "train" and noisy:
         rng = class_rng(spec.seed, s, index, _K_OFF)
         others = [c for c in CLASSES if c != label]
         row["offscreen_label"] = others[int(rng.integers(len(others)))]

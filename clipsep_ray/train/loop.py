@@ -21,6 +21,25 @@ from clipsep_ray.runtime import autocast
 #: Validation's query kinds, in the order that picks the score choosing the best checkpoint.
 BEST_CHECKPOINT_KINDS = ("text", "label", "image", "none")
 
+#: What every report holds (``train.worker.report``), besides the model's own loss terms.
+TRAIN_METRICS = ("step", "start_step", "loss", "clips_per_s", "data_wait_frac", "lr", "grad_norm")
+#: Validation diagnostics of a model with noise heads (:func:`nit_diagnostics`).
+NIT_METRICS = ("val_nit_noise_share", "val_nit_noise_mean", "val_nit_bce_query", "val_nit_bce_query_noise")
+
+
+def reported_metrics(cfg: Config) -> set[str]:
+    """Names of the metrics the loop reports for ``cfg`` (a sweep's objective must be one).
+    Text-query scores need labelled data; that is known only once the data is read."""
+    from clipsep_ray.models.registry import model_class
+
+    names = set(TRAIN_METRICS)
+    if cfg.data.val_clips > 0:
+        kinds = model_class(cfg.model).query_columns
+        names |= {"val_sdr"} | {f"val_{m}_{k}" for k in kinds for m in ("sdr", "sdri", "skipped")}
+        if cfg.model.noise_heads > 0:
+            names |= set(NIT_METRICS)
+    return names
+
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at ``step``: linear warm-up from 0, linear decay to final_lr, then constant."""
@@ -68,6 +87,10 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     embeddings = core.query_embeddings(mixed["queries"]) if column is not None else None
     with autocast(prep["log_mag"].device, autocast_to):
         out = model(prep["log_mag"], embeddings)
+    if step < cfg.train.nit_warmup_steps and out["noise_logits"].numel():
+        # NIT warm-up (the authors' code has one): no noise heads, so the NIT loss is plain
+        # CLIPSep weighted BCE and the regulariser is 0 until the query heads work.
+        out = {**out, "noise_logits": out["noise_logits"][:, :0]}
     loss, metrics = core.training_loss(out, prep["targets"], prep["weights"], cfg.train)
     metrics["loss"] = float(loss.detach())
     return loss, metrics
@@ -129,7 +152,57 @@ def validate(model: nn.Module, val: ValSet, cfg: Config, device: torch.device) -
         if f"val_sdr_{kind}" in out:
             out["val_sdr"] = out[f"val_sdr_{kind}"]
             break
+    out.update(nit_diagnostics(core, val, cfg, device))
     return out
+
+
+@torch.no_grad()
+def nit_diagnostics(model: nn.Module, val: ValSet, cfg: Config, device: torch.device) -> dict[str, float]:
+    """What the noise heads do on the (clean) validation mixtures; {} for a model without them.
+
+    Each mixture is a validation clip plus its pair (halved, first ``audio.clip_samples``),
+    both sources queried by the kind that picks the best checkpoint (text before image).
+    ``val_nit_noise_share``: the share of the targets' loss-weighted energy (sum of w |S|^2)
+    in bins the noise heads claim, sum_h sigmoid(n_h) capped at 1; ``val_nit_noise_mean``: the
+    mean of sum_h sigmoid(n_h) (what the regulariser compares with its threshold);
+    ``val_nit_bce_query`` / ``val_nit_bce_query_noise``: the weighted BCE of the query mask
+    alone and of min(1, query + noise head) with the best head per source (diagnostic only:
+    separation never uses the noise heads).
+    """
+    from clipsep_ray.data.mixing import prepare_targets
+    from clipsep_ray.losses import weighted_bce
+
+    core = unwrap(model)
+    values = {"image_query": val.image_query, "text_query": val.text_query, "label_id": val.label_id}
+    column = next((core.query_columns[k] for k in BEST_CHECKPOINT_KINDS
+                   if core.query_columns.get(k) and values.get(core.query_columns[k]) is not None), None)
+    if column is None:
+        return {}
+    was_training = core.training
+    core.eval()
+    pairs = val.pairs.long()
+    audio = val.audio[:, :cfg.audio.clip_samples].float().to(device)
+    sources = torch.stack([audio, audio[pairs]], dim=1) / 2
+    frontend = SpectralFrontEnd.from_config(cfg.audio).to(device)
+    prep = prepare_targets(frontend, sources, sources.sum(dim=1), cfg.mixing.binary_masks)
+    query = values[column]
+    embeddings = core.query_embeddings(torch.stack([query, query[pairs]], dim=1).to(device))
+    out = core(prep["log_mag"], embeddings)
+    core.train(was_training)
+    noise = out["noise_logits"]
+    if not noise.numel():
+        return {}
+    b, n, t = sources.shape
+    energy = frontend.warp(frontend.stft(sources.reshape(b * n, t)).abs().reshape(b, n, *prep["spec"].shape[-2:])) ** 2
+    w = prep["weights"]
+    q, z = torch.sigmoid(out["query_logits"].float()), torch.sigmoid(noise.float())
+    claimed = z.sum(dim=1, keepdim=True).clamp(max=1.0)
+    share = (w * energy * claimed).sum() / (w * energy).sum().clamp_min(1e-12)
+    combined = (q.unsqueeze(2) + z.unsqueeze(1)).clamp(max=1.0)  # (B, N, H, F, T)
+    with_noise = weighted_bce(combined, prep["targets"].unsqueeze(2).expand_as(combined), w.unsqueeze(2))
+    return {"val_nit_noise_share": float(share), "val_nit_noise_mean": float(z.sum(dim=1).mean()),
+            "val_nit_bce_query": float(weighted_bce(q, prep["targets"], w).mean()),
+            "val_nit_bce_query_noise": float(with_noise.min(dim=2).values.mean())}
 
 
 def train_state(opt, sched, step: int, generator: torch.Generator) -> dict:

@@ -51,10 +51,12 @@ def ray_storage(path: str, endpoint: str | None):
     return (os.path.abspath(path) if "://" not in path else path), None
 
 
-def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = ()) -> dict[str, Any]:
+def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = (),
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics.
 
-    ``hooks`` run in every worker after every step (see ``train.worker.StepHook``).
+    ``hooks`` run in every worker after every step (see ``train.worker.StepHook``); ``callbacks``
+    are Ray Train callbacks of the run (a sweep's trial passes Tune's ``TuneReportCallback``).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -100,6 +102,7 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
             # Train V2 patches the workers' print to tee into its logger as well, so every
             # progress line reached the terminal twice (issue 14): plain prints, printed once.
             worker_runtime_env={"env_vars": {**worker_thread_env(threads), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep,
                                                          checkpoint_score_attribute="val_sdr" if val else "step",

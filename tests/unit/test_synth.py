@@ -237,3 +237,22 @@ def test_world_is_cached_and_regenerated_when_the_spec_changes(noisy_world, tmp_
     changed = videos.ensure_world(tmp_path, clips=1, seed=4, split="clean", val_clips=1, test_clips=1, workers=1)
     assert not changed["cached"] and changed["spec"]["seed"] == 4
     assert json.loads((tmp_path / "world.json").read_text())["spec"]["seed"] == 4
+
+
+def test_noisy_fraction_and_offscreen_range_shape_the_noisy_world():
+    from clipsep_ray.synth.videos import WorldSpec, clip_plan
+
+    full = [clip_plan(WorldSpec(clips=40, split="noisy"), "train", i) for i in range(40)]
+    assert all(r["offscreen_label"] for r in full)
+    half = [clip_plan(WorldSpec(clips=40, split="noisy", noisy_fraction=0.5), "train", i) for i in range(40)]
+    noisy = [r for r in half if r["offscreen_label"]]
+    assert 8 <= len(noisy) <= 32
+    # The noisy clips are those of the full world (same draws), the others are clean.
+    assert all(r == full[int(r["path"][6:11])] for r in noisy)
+    loud = [clip_plan(WorldSpec(clips=40, split="noisy", offscreen_snr_db=(10.0, 20.0)), "train", i) for i in range(40)]
+    assert all(10.0 <= r["offscreen_snr_db"] <= 20.0 for r in loud)
+    assert "noisy_fraction" not in WorldSpec().to_json()  # default worlds keep their cache key
+    with pytest.raises(ValueError, match="noisy_fraction"):
+        WorldSpec(noisy_fraction=1.5)
+    with pytest.raises(ValueError, match="offscreen_snr_db"):
+        WorldSpec(offscreen_snr_db=(8.0, -2.0))

@@ -130,3 +130,28 @@ def test_validation_reports_sdr_per_query_kind():
     assert "val_sdr_label" in out and "val_sdr_image" not in out and out["val_sdr"] == out["val_sdr_label"]
     pit = build_model(load_config("tiny", SMALL + ["model.arch=pit"]).model)
     assert "val_sdr_none" in validate(pit, val, cfg, torch.device("cpu"))
+
+
+def test_nit_warmup_trains_plain_clipsep_then_nit():
+    from clipsep_ray.train.loop import nit_diagnostics, reported_metrics
+
+    cfg = load_config("tiny", SMALL + ["model.noise_heads=2", "train.nit_warmup_steps=5", "train.noise_reg_gamma=0.0",
+                                       "inference.precision=fp32"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    frontend = SpectralFrontEnd.from_config(cfg.audio)
+    b = _batch(cfg)
+    g = torch.Generator().manual_seed(0)
+    _, warm = batch_loss(model, frontend, b, cfg, 4, copy.deepcopy(g))
+    _, nit = batch_loss(model, frontend, b, cfg, 5, copy.deepcopy(g))
+    assert warm["noise_reg"] == 0.0 and nit["noise_reg"] > 0.0  # heads unused during warm-up, used after
+    assert warm["loss"] != nit["loss"]
+    val = ValSet(b["audio"], b["image_query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    diag = nit_diagnostics(model, val, cfg, torch.device("cpu"))
+    assert set(diag) == {"val_nit_noise_share", "val_nit_noise_mean", "val_nit_bce_query", "val_nit_bce_query_noise"}
+    assert 0.0 <= diag["val_nit_noise_share"] <= 1.0 and 0.0 < diag["val_nit_noise_mean"] < 2.0
+    assert diag["val_nit_bce_query_noise"] != diag["val_nit_bce_query"]
+    assert set(diag) <= reported_metrics(cfg) and not set(diag) & reported_metrics(load_config("tiny", SMALL))
+    assert nit_diagnostics(build_model(load_config("tiny", SMALL).model), val, cfg, torch.device("cpu")) == {}
+    with pytest.raises(Exception, match="nit_warmup_steps"):
+        load_config("tiny", ["train.nit_warmup_steps=-1"])
