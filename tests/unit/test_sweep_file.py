@@ -97,3 +97,14 @@ def test_shipped_sweep_files_are_valid():
         assert sweep.name == name and sweep.trials >= 1
     assert "model.noise_heads" in load_sweep("tuning/nit-noisy.yaml").space
     assert "model.num_masks" in load_sweep("tuning/masks.yaml").space
+
+
+def test_ray_job_entry_point_runs_the_tune_command(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_with("search/max_concurrent", 0)))
+    out = subprocess.run([sys.executable, "tuning/sweep.py", "--sweep", str(path), "--storage", str(tmp_path / "s")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "search.max_concurrent" in out.stderr
