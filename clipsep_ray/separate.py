@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,23 +28,36 @@ from clipsep_ray.storage import slug
 RESIDUAL = "residual"
 LOSSLESS_FORMATS = ("wav", "flac")
 
+#: log |X| of a batch of windows (B, 1, W, N) -> U-Net features (B, k, W, N). The default is
+#: :func:`window_features`; Serve passes one that batches windows of concurrent requests and
+#: caches them for re-queries (late fusion: the features do not depend on the query).
+FeaturesFn = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def window_features(model: SeparationModel, log_mag: Tensor, precision: str, device: torch.device | str) -> Tensor:
+    """The U-Net pass of :func:`separate_stream` (in the precision ``InferenceConfig`` names)."""
+    device = torch.device(device)
+    with autocast(device, autocast_dtype(precision, device)):
+        return model.features(log_mag.to(device))
+
 
 @torch.no_grad()
 def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
                     projections: Tensor | None, cfg: InferenceConfig | None = None,
-                    device: torch.device | str = "cpu") -> Iterator[Tensor]:
+                    device: torch.device | str = "cpu", features: FeaturesFn | None = None) -> Iterator[Tensor]:
     """Separate a stream of mono blocks at the model rate.
 
     blocks: iterable of (T_i,) float tensors (any sizes); projections: (Q, k) query
     projections (``model.project(embeddings)``), None for PIT. Yields (Q, M_i) estimate
-    chunks, in order, that together have exactly sum(T_i) samples.
+    chunks, in order, that together have exactly sum(T_i) samples. ``features`` replaces
+    the U-Net pass (see :data:`FeaturesFn`); it is called once per batch of windows, in order.
     """
     cfg = cfg or InferenceConfig()
     device = torch.device(device)
     window = frontend.clip_samples
     overlap = int(round(cfg.overlap * window))
     hop = window - overlap
-    dtype = autocast_dtype(cfg.precision, device)
     channels = model.num_outputs(projections)
     ola = OverlapAdd(window, hop, channels, crossfade(window, overlap))
     proj = projections.to(device) if projections is not None else None
@@ -52,8 +65,7 @@ def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: 
     def run(windows: list[Tensor]) -> Tensor:
         waves = torch.stack(windows).to(device)
         spec, _, log_mag = frontend.analyse(waves)
-        with autocast(device, dtype):
-            feats = model.features(log_mag)
+        feats = (features or (lambda lm: window_features(model, lm, cfg.precision, device)))(log_mag).to(device)
         logits = model.mask_logits(feats, proj)
         masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
         return frontend.reconstruct(masks, spec, window).cpu()
@@ -83,9 +95,10 @@ def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: 
 
 
 def separate(model: SeparationModel, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,
-             cfg: InferenceConfig | None = None, device: torch.device | str = "cpu") -> Tensor:
+             cfg: InferenceConfig | None = None, device: torch.device | str = "cpu",
+             features: FeaturesFn | None = None) -> Tensor:
     """(T,) mono at the model rate + (Q, k) projections -> (Q, T) estimates (see :func:`separate_stream`)."""
-    return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device)), dim=1)
+    return torch.cat(list(separate_stream(model, frontend, [waveform], projections, cfg, device, features)), dim=1)
 
 
 def output_files(out_dir: str, names: Sequence[str], ext: str) -> dict[str, str]:
@@ -223,10 +236,12 @@ class Separator:
         with torch.no_grad():
             return names, self.model.project(emb.to(self.device)).float()
 
-    def separate(self, waveform, sample_rate: int, queries) -> Separation:
+    def separate(self, waveform, sample_rate: int, queries, features: FeaturesFn | None = None,
+                 projected: tuple[list[str], Tensor | None] | None = None) -> Separation:
         """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length.
 
-        Multichannel input is averaged to mono (the model is mono).
+        Multichannel input is averaged to mono (the model is mono). ``features`` replaces the
+        U-Net pass (:data:`FeaturesFn`); ``projected`` gives ``projections(queries)`` already made.
         """
         from clipsep_ray.audio.io import resample
 
@@ -237,23 +252,25 @@ class Separator:
             raise ValueError(f"waveform must be a non-empty (T,) or (C, T) array, got shape {tuple(wave.shape)}")
         if not torch.isfinite(wave).all():
             raise ValueError("waveform contains NaN or infinite samples")
-        names, proj = self.projections(queries)
+        names, proj = projected or self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
         x = resample(wave, sample_rate, model_sr)
-        est = separate(self.model, self.frontend, x, proj, self.cfg.inference, self.device)
+        est = separate(self.model, self.frontend, x, proj, self.cfg.inference, self.device, features)
         est = resample(est, model_sr, sample_rate)[:, : wave.numel()]
         stems = {n: est[i].numpy() for i, n in enumerate(names)}
         stems[RESIDUAL] = (wave - est.sum(dim=0)).numpy()
         return Separation(stems, sample_rate)
 
     def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
-                      block_seconds: float = 60.0, info: dict | None = None) -> dict[str, str]:
+                      block_seconds: float = 60.0, info: dict | None = None,
+                      features: FeaturesFn | None = None) -> dict[str, str]:
         """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
 
         Decoding, resampling, separation and encoding all run block by block, so memory
         does not grow with the file's length. Returns {name: written path}. Outputs are
         written under temporary names and renamed only when the whole file succeeded.
-        ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``.
+        ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``;
+        ``features`` replaces the U-Net pass (:data:`FeaturesFn`).
         """
         from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, extension
 
@@ -281,7 +298,7 @@ class Separator:
                     writers[n] = StreamingAudioWriter(p, sr)
                 stems = StemAssembler(names, writers)
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
-                                             self.cfg.inference, self.device):
+                                             self.cfg.inference, self.device, features):
                     stems.add_stems(up.push(chunk.numpy()))
                 stems.add_stems(up.flush())
                 stems.finish(source)

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 #: name -> module under clipsep_ray.commands, in the order ``--help`` lists them.
 COMMANDS = {
     "synth": "synth", "synth-clip": "synth_clip", "ingest": "ingest", "embed": "embed", "train": "train",
-    "evaluate": "evaluate", "separate": "separate", "separate-archive": "separate_archive", "demo": "demo",
-    "tune": "tune",
+    "evaluate": "evaluate", "separate": "separate", "separate-archive": "separate_archive", "serve": "serve",
+    "tune": "tune", "demo": "demo",
 }
 
 

@@ -4,7 +4,8 @@
 credentials and ``AWS_ENDPOINT_URL`` in the environment (set before Ray starts, so
 Ray's workers inherit them); ``s3_bucket`` makes a fresh bucket with boto3 (s3fs's
 mkdir fails against moto). ``ray_local`` (module): ``ray.init`` with 2 CPUs and a small
-object store, token auth off, shut down after the module.
+object store, token auth off, shut down after the module. ``tiny_checkpoint`` (module): a small
+random-weight CLIPSep checkpoint.
 """
 from __future__ import annotations
 
@@ -96,6 +97,24 @@ def ray_local(s3_server):
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A width-4 ``tiny`` CLIPSep checkpoint with random weights (larger query projections so
+    queries give visibly different masks); synth-clip ships with the package, so every Ray
+    worker can build it."""
+    import torch
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+
+    cfg = load_config("tiny", ["query.clip_pretrained=", "inference.precision=fp32", "model.unet_width=4"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
+    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pt"), model, cfg)
 
 
 def training_rows(n: int, corrupt=frozenset(), sr: int = 8000, dim: int = 128):

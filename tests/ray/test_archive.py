@@ -30,19 +30,8 @@ def _tone(sr: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarr
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from clipsep_ray.config import load_config
-    from clipsep_ray.models.checkpoint import save_checkpoint
-    from clipsep_ray.models.registry import build_model
-
-    # synth-clip ships with the package (random weights here), so every Ray worker can build it.
-    cfg = load_config("tiny", ["query.clip_pretrained=", "inference.precision=fp32", "model.unet_width=4"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
-    return save_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "model.pt"), model, cfg)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,162 @@
+"""Load test of the Serve application on 127.0.0.1: a bounded load generator (a fixed number of
+requests per level, stopping by itself).
+
+For 5 s clips (16 kHz WAV, one query, zip answer with the residual) it measures requests/s and
+p50/p95/p99 latency at 1, 8 and 32 concurrent clients, with batching on (``--max-batch-size``)
+and off (max_batch_size 1: each request's windows still go through the U-Net together) in the
+same run, one application at a time on the same cluster; then the time of a re-query (new
+queries on the same upload, from cached features) against the first request's.
+
+Usage: python benchmarks/bench_serve.py [--preset tiny] [--requests 16 64 128] [--clients 1 8 32]
+       [--max-batch-size 16] [--batch-wait-s 0.01] [--json benchmarks/results/serve_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_separate import machine, test_signal  # noqa: E402
+
+SR, SECONDS = 16000, 5.0
+
+
+def _wav(wave: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV")
+    return buf.getvalue()
+
+
+def percentiles(xs: list[float]) -> dict:
+    a = np.asarray(xs) * 1000
+    return {f"p{q}": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}
+
+
+async def load(base: str, data: bytes, clients: int, total: int) -> dict:
+    """``total`` requests from ``clients`` concurrent clients; latencies and failures."""
+    import httpx
+
+    lat: list[float] = []
+    failures: list[str] = []
+    todo = iter(range(total))
+
+    async def client(http: httpx.AsyncClient):
+        for i in todo:
+            t0 = time.perf_counter()
+            r = await http.post("/v1/separate", files={"file": ("clip.wav", data)},
+                                data={"query": [f"sound {i % 4}"]})
+            if r.status_code == 200:
+                lat.append(time.perf_counter() - t0)
+            else:
+                failures.append(f"{r.status_code}: {r.text[:200]}")
+
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": total, "ok": len(lat), "failed": len(failures),
+            "failures": failures[:3], "rps": round(len(lat) / wall, 2), **percentiles(lat)}
+
+
+async def requery(base: str, data: bytes, repeats: int) -> dict:
+    import httpx
+
+    firsts, agains = [], []
+    async with httpx.AsyncClient(base_url=base, timeout=300) as http:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            r = await http.post("/v1/separate", files={"file": ("clip.wav", data)}, data={"query": ["dog barking"]})
+            firsts.append(time.perf_counter() - t0)
+            sid = r.headers["x-separation-id"]
+            t0 = time.perf_counter()
+            r2 = await http.post(f"/v1/separations/{sid}", json={"queries": [f"rain {i}"]})
+            agains.append(time.perf_counter() - t0)
+            assert r.status_code == r2.status_code == 200, (r.text, r2.text)
+    first, again = float(np.median(firsts)), float(np.median(agains))
+    return {"first_ms": round(first * 1000, 1), "requery_ms": round(again * 1000, 1),
+            "ratio": round(again / first, 3), "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, nargs="+", default=[16, 64, 128], help="requests per client level")
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--batch-wait-s", type=float, default=0.01)
+    ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the model replica")
+    ap.add_argument("--requery-repeats", type=int, default=10)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import socket
+
+    import torch
+    from ray import serve
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+    from clipsep_ray.runtime import init_ray
+    from clipsep_ray.serve.app import build_app
+
+    cfg = load_config(args.preset, ["query.clip_pretrained="])
+    torch.manual_seed(0)
+    tmp = tempfile.mkdtemp(prefix="bench-serve-")
+    ckpt = save_checkpoint(os.path.join(tmp, "model.pt"), build_model(cfg.model), cfg)  # speed needs no training
+    data = _wav(test_signal(SR, SECONDS), SR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    init_ray(num_cpus=os.cpu_count() or 2, dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    out = {"machine": machine(), "preset": args.preset, "clip_s": SECONDS, "input_sr": SR,
+           "batch_wait_s": args.batch_wait_s, "runs": []}
+    try:
+        for mode, size in (("on", args.max_batch_size), ("off", 1)):
+            serve.run(build_app({"checkpoint": ckpt, "device": "cpu", "num_cpus": args.num_cpus, "ingress_cpus": 0.5,
+                                 "max_batch_size": size, "batch_wait_s": args.batch_wait_s,
+                                 "max_ongoing_requests": max(8, 2 * args.max_batch_size),
+                                 "max_queued_requests": 256}), name="clipsep", route_prefix="/")
+            asyncio.run(load(base, data, 1, 3))  # warm-up: first calls allocate
+            for clients, total in zip(args.clients, args.requests):
+                row = {"batching": mode, "max_batch_size": size, **asyncio.run(load(base, data, clients, total))}
+                import httpx
+
+                row["batches"] = httpx.get(base + "/v1/info", timeout=60).json()["batching"]
+                out["runs"].append(row)
+                print(json.dumps(row), flush=True)
+            if mode == "on":
+                out["requery"] = asyncio.run(requery(base, data, args.requery_repeats))
+                print(json.dumps(out["requery"]), flush=True)
+            serve.delete("clipsep")
+    finally:
+        serve.shutdown()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    print("| batching | clients | requests | failed | req/s | p50 ms | p95 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in out["runs"]:
+        print(f"| {r['batching']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']} | {r['p50']} | "
+              f"{r['p95']} | {r['p99']} |")
+    rq = out["requery"]
+    print(f"re-query {rq['requery_ms']} ms vs first request {rq['first_ms']} ms ({rq['ratio']:.0%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

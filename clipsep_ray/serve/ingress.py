@@ -1,0 +1,251 @@
+"""``ClipSepIngress``: the HTTP API (FastAPI) and the web page, in front of ``ClipSepModel``.
+
+The ingress reads uploads (counting bytes as they arrive), decodes them, checks every limit,
+and encodes the answers; the model replicas only separate. Every error is JSON
+``{"error": {"code", "message"}}``.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
+(``Request``, the body models) at run time, and Serve's ingress wrapper hides their module.
+"""
+import asyncio
+import hmac
+import io
+import os
+import zipfile
+from importlib.metadata import PackageNotFoundError, version
+from importlib.resources import files
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from ray import serve
+
+from clipsep_ray.serve.limits import ApiError, Limits, TempArea, check_bool, check_format, check_query_list, read_form
+
+STATIC = files("clipsep_ray.serve") / "static"
+PAGES = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
+MEDIA = {"wav": "audio/wav", "flac": "audio/flac"}
+#: How often a re-query that reached a replica not holding its id is sent again.
+ROUTE_RETRIES = 5
+
+app = FastAPI(title="clipsep_ray", description="Text-queried sound separation (CLIPSep + NIT)")
+
+
+class Requery(BaseModel):
+    queries: list = []
+    format: str | None = None
+    residual: bool | str | None = None
+
+
+class UriJob(BaseModel):
+    input: str
+    output: str
+    queries: list = []
+    format: str | None = None
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_request, exc: RequestValidationError):
+    where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+    return JSONResponse(ApiError(422, "bad_request", where).body(), status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _unexpected(_request, exc: Exception):
+    return JSONResponse(ApiError(500, "internal", f"{type(exc).__name__}: {exc}").body(), status_code=500)
+
+
+def _version() -> str:
+    try:
+        return version("clipsep_ray")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+@serve.deployment
+@serve.ingress(app)
+class ClipSepIngress:
+    def __init__(self, model, limits: dict | None = None, token: str | None = None, temp_dir: str | None = None):
+        self.model = model
+        self.limits = Limits.from_args(limits or {})
+        self.token = token or os.environ.get("CLIPSEP_TOKEN") or None
+        self.area = TempArea(temp_dir, int(self.limits.temp_mb * 2**20))
+
+    def __del__(self):
+        self.area.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
+                           {"WWW-Authenticate": "Bearer"})
+
+    async def call(self, method: str, *args, upload_id: str | None = None):
+        from ray.exceptions import RayActorError
+
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        handle = self.model.options(multiplexed_model_id=upload_id) if upload_id else self.model
+        try:
+            return await getattr(handle, method).remote(*args)
+        except BackPressureError:
+            raise ApiError(503, "busy", "the model queue is full: retry shortly", {"Retry-After": "1"}) from None
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            raise ApiError(503, "unavailable", f"no model replica could answer ({type(exc).__name__}): retry "
+                                               "shortly", {"Retry-After": "2"}) from None
+
+    def decode(self, path: str) -> tuple[np.ndarray, int]:
+        """The upload as mono float32 at its own rate; 400 if it does not decode, 413 if too long."""
+        from clipsep_ray.audio.io import AudioDecodeError, AudioReader
+
+        too_long = ApiError(413, "audio_too_long", f"the audio is longer than {self.limits.max_seconds:g} s")
+        try:
+            with AudioReader(path) as reader:
+                sr, limit = reader.sample_rate, int(self.limits.max_seconds * reader.sample_rate)
+                if reader.num_frames is not None and reader.num_frames > limit:
+                    raise too_long
+                blocks, n = [], 0
+                for block in reader.blocks(sr * 10):
+                    n += len(block)
+                    if n > limit:
+                        raise too_long
+                    blocks.append(block)
+        except AudioDecodeError as exc:
+            raise ApiError(400, "undecodable_audio", f"the file does not decode: {exc.reason}") from None
+        return np.concatenate(blocks), int(sr)
+
+    def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, folder: str,
+               upload_id: str) -> Response:
+        """One audio file (one query, no residual) or a zip of ``<query slug>.<ext>`` + ``residual.<ext>``."""
+        from clipsep_ray.audio.io import write_audio
+        from clipsep_ray.separate import RESIDUAL, output_files
+
+        paths = output_files(folder, queries, fmt)
+        names = list(queries) + ([RESIDUAL] if residual else [])
+        for n in names:
+            write_audio(paths[n], stems[n], sr, format=fmt)
+            self.area.reserve(folder, os.path.getsize(paths[n]))
+        headers = {"X-Separation-Id": upload_id}
+        if len(names) == 1:
+            with open(paths[names[0]], "rb") as fh:
+                data = fh.read()
+            headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(paths[names[0]])}"'
+            return Response(data, media_type=MEDIA[fmt], headers=headers)
+        buf = io.BytesIO()
+        # Stored, not deflated: PCM hardly compresses, and the web page reads the zip without a library.
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            for n in names:
+                zf.write(paths[n], os.path.basename(paths[n]))
+        headers["Content-Disposition"] = 'attachment; filename="separation.zip"'
+        return Response(buf.getvalue(), media_type="application/zip", headers=headers)
+
+    @staticmethod
+    def model_error(result: dict) -> None:
+        if "error" in result:
+            raise ApiError(422, "bad_query", result["error"])
+
+    # -- API -------------------------------------------------------------------------------
+    @app.post("/v1/separate", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file", "query"], "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "query": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 8},
+            "format": {"type": "string", "enum": ["wav", "flac"]},
+            "residual": {"type": "boolean", "default": True}}}}}}})
+    async def separate(self, request: Request):
+        """Separate an uploaded file into one stem per query (+ the residual)."""
+        self.authorize(request)
+        form, path, folder = await read_form(request, self.area, int(self.limits.max_upload_mb * 2**20))
+        try:
+            queries = check_query_list(form.get("query", []))
+            fmt = check_format((form.get("format") or [None])[-1])
+            residual = check_bool("residual", (form.get("residual") or [None])[-1])
+            if path is None:
+                raise ApiError(422, "no_file", "the form has no 'file' part")
+            wave, sr = await asyncio.to_thread(self.decode, path)
+            os.remove(path)
+            result = await self.call("separate", wave, sr, queries)
+            self.model_error(result)
+            return await asyncio.to_thread(self.answer, result["stems"], sr, queries, fmt, residual, folder,
+                                           result["id"])
+        finally:
+            self.area.remove(folder)
+
+    @app.post("/v1/separations/{upload_id}")
+    async def requery(self, upload_id: str, body: Requery, request: Request):
+        """New queries on audio already uploaded, from its cached U-Net features."""
+        self.authorize(request)
+        queries = check_query_list(body.queries)
+        fmt, residual = check_format(body.format), check_bool("residual", body.residual)
+        for attempt in range(ROUTE_RETRIES):
+            result = await self.call("requery", upload_id, queries, upload_id=upload_id)
+            if not result.get("elsewhere"):
+                break
+            await asyncio.sleep(0.05 * (attempt + 1))
+        if result.get("missing") or result.get("elsewhere"):
+            raise ApiError(404, "unknown_separation", f"no separation {upload_id!r} is kept (unknown or evicted): "
+                                                      "upload the file again")
+        self.model_error(result)
+        folder = self.area.request_dir()
+        try:
+            return await asyncio.to_thread(self.answer, result["stems"], result["sample_rate"], queries, fmt,
+                                           residual, folder, upload_id)
+        finally:
+            self.area.remove(folder)
+
+    @app.post("/v1/separate-uri")
+    async def separate_uri(self, body: UriJob, request: Request):
+        """Separate a file in object storage into stems written under ``output``."""
+        self.authorize(request)
+        queries = check_query_list(body.queries)
+        fmt = check_format(body.format)
+        if not (_is_remote(body.input) and _is_remote(body.output)):
+            raise ApiError(422, "bad_uri", "input and output must be object-storage URIs (e.g. s3://bucket/key)")
+        result = await self.call("separate_uri", body.input, body.output, queries, fmt)
+        if "error" in result:
+            status = 422 if result.get("kind") == "QueryError" else 400
+            raise ApiError(status, "bad_query" if status == 422 else "bad_input", result["error"])
+        return {"outputs": result["outputs"]}
+
+    @app.get("/healthz")
+    async def healthz(self):
+        """200 only when a model replica separates a probe signal."""
+        try:
+            await self.call("healthy")
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=503, headers=exc.headers)
+        except Exception as exc:  # a replica whose model fails the probe
+            return JSONResponse(ApiError(503, "unhealthy", str(exc)).body(), status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/v1/info")
+    async def info(self, request: Request):
+        """Model, sample rate, limits, version and the batching counters of one model replica."""
+        self.authorize(request)
+        model = await self.call("info")
+        return {**model, "version": _version(), "limits": self.limits.as_dict(), "auth": self.token is not None}
+
+    # -- the web page ----------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index(self):
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str):
+        if name not in PAGES:
+            raise ApiError(404, "not_found", f"no such file: {name}")
+        return FileResponse(str(STATIC / name), media_type=PAGES[name])

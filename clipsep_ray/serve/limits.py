@@ -1,0 +1,190 @@
+"""The service's limits, its error answers, and the upload reader that enforces them.
+
+Nothing here imports Ray or torch: the limits are plain values checked in the ingress
+before any model work, so a bad request costs no replica time.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+
+MAX_QUERIES = 8
+MAX_QUERY_CHARS = 200
+FORMATS = ("wav", "flac")
+
+
+class ApiError(Exception):
+    """An answer other than 200: HTTP status, a stable code and a message naming the problem."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how the model replicas batch (the Serve config's args)."""
+
+    max_upload_mb: float = 100.0  # request body, counted while it is read
+    max_seconds: float = 600.0  # decoded audio length of an upload
+    max_batch_size: int = 16  # requests' window groups per U-Net call (@serve.batch)
+    batch_wait_s: float = 0.01  # how long a batch waits to fill
+    max_queued_requests: int = 64  # per model replica; beyond it: 503 + Retry-After
+    cache_mb: float = 512.0  # U-Net features kept per model replica for re-queries (LRU)
+    temp_mb: float = 2048.0  # the ingress's temporary area, all requests together
+
+    @classmethod
+    def from_args(cls, args: dict) -> "Limits":
+        known = {f.name: f.type for f in fields(cls)}
+        out = cls()
+        for k, v in args.items():
+            if k in known:
+                try:
+                    setattr(out, k, int(v) if known[k] == "int" else float(v))
+                except (TypeError, ValueError):
+                    raise ValueError(f"serve argument {k}: expected a number, got {v!r}") from None
+                if getattr(out, k) <= 0 and k != "batch_wait_s" or getattr(out, k) < 0:
+                    raise ValueError(f"serve argument {k} must be positive, got {v!r}")
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_query_list(queries, text_queries: bool = True) -> list[str]:
+    """1 to 8 distinct, non-empty text queries of at most 200 characters, else a 422."""
+    from clipsep_ray.separate import RESIDUAL, output_files
+
+    if not isinstance(queries, list) or not queries:
+        raise ApiError(422, "no_query", "give at least one query, e.g. 'dog barking'")
+    if len(queries) > MAX_QUERIES:
+        raise ApiError(422, "too_many_queries", f"at most {MAX_QUERIES} queries per request, got {len(queries)}")
+    out = []
+    for i, q in enumerate(queries):
+        if not isinstance(q, str) or not q.strip():
+            raise ApiError(422, "empty_query", f"query #{i + 1} is empty: give a sound to look for")
+        if len(q.strip()) > MAX_QUERY_CHARS:
+            raise ApiError(422, "query_too_long", f"query #{i + 1} has {len(q.strip())} characters "
+                                                  f"(at most {MAX_QUERY_CHARS})")
+        out.append(q.strip())
+    if len(set(out)) != len(out):
+        raise ApiError(422, "repeated_query", f"repeated query in {out}")
+    if RESIDUAL in out:
+        raise ApiError(422, "reserved_query", f"'{RESIDUAL}' names the rest of the mixture: ask for the sound itself")
+    if not text_queries:
+        raise ApiError(422, "no_text_queries", "this model does not take text queries")
+    try:
+        output_files("", out, "wav")
+    except ValueError as exc:
+        raise ApiError(422, "clashing_queries", str(exc)) from None
+    return out
+
+
+def check_format(value) -> str:
+    fmt = "wav" if value in (None, "") else str(value).lower()
+    if fmt not in FORMATS:
+        raise ApiError(422, "bad_format", f"format must be one of {', '.join(FORMATS)}, not {value!r}")
+    return fmt
+
+
+def check_bool(name: str, value, default: bool = True) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ApiError(422, f"bad_{name}", f"{name} must be true or false, not {value!r}")
+
+
+class TempArea:
+    """A folder that holds the uploads being read, at most ``max_bytes`` over all requests;
+    each request gets its own subfolder, whose bytes count until :meth:`remove` deletes it."""
+
+    def __init__(self, root: str | None, max_bytes: int):
+        self.root = tempfile.mkdtemp(prefix="clipsep-serve-", dir=root)
+        self.max_bytes = max_bytes
+        self._held: dict[str, int] = {}
+
+    @property
+    def used(self) -> int:
+        return sum(self._held.values())
+
+    def request_dir(self) -> str:
+        folder = tempfile.mkdtemp(dir=self.root)
+        self._held[folder] = 0
+        return folder
+
+    def reserve(self, folder: str, n: int) -> None:
+        if self.used + n > self.max_bytes:
+            raise ApiError(503, "busy", "the server's upload area is full: retry shortly", {"Retry-After": "5"})
+        self._held[folder] += n
+
+    def remove(self, folder: str) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self._held.pop(folder, None)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, list[str]], str | None, str]:
+    """Stream a multipart body into ``area``: (fields, path of the ``file`` part or None, request folder).
+
+    The byte count is checked on every chunk, so a body over ``max_bytes`` is refused (413)
+    as soon as it passes the limit, and a Content-Length that promises more is refused before
+    reading. The caller gives the returned folder back with ``area.remove`` when done.
+    """
+    from python_multipart.multipart import FormParser, parse_options_header
+
+    limit_mb = max_bytes / 2**20
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError(413, "upload_too_large", f"the upload has {int(declared) / 2**20:.1f} MB; "
+                                                f"the limit is {limit_mb:g} MB")
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(422, "bad_request", "send a multipart/form-data body with a 'file' part")
+    folder = area.request_dir()
+    form: dict[str, list[str]] = {}
+    files: dict[str, str] = {}
+
+    def on_field(f) -> None:
+        name = f.field_name.decode("utf-8", "replace")
+        form.setdefault(name, []).append((f.value or b"").decode("utf-8", "replace"))
+
+    def on_file(f) -> None:
+        f.flush_to_disk()
+        f.file_object.flush()
+        files[f.field_name.decode("utf-8", "replace")] = f.actual_file_name.decode()
+
+    parser = FormParser("multipart/form-data", on_field, on_file, boundary=params[b"boundary"],
+                        config={"UPLOAD_DIR": folder, "MAX_MEMORY_FILE_SIZE": 0, "UPLOAD_DELETE_TMP": False,
+                                "MAX_BODY_SIZE": max_bytes + 1})
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > max_bytes:
+                raise ApiError(413, "upload_too_large", f"the upload passed the limit of {limit_mb:g} MB")
+            area.reserve(folder, len(chunk))
+            parser.write(chunk)
+        parser.finalize()
+    except ApiError:
+        area.remove(folder)
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        area.remove(folder)
+        raise ApiError(422, "bad_request", f"malformed multipart body: {exc}") from None
+    for name in files:
+        if name != "file":
+            os.remove(files[name])
+    return form, files.get("file"), folder

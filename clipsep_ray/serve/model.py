@@ -1,0 +1,183 @@
+"""``ClipSepModel``: the model replicas. Windows of concurrent requests share U-Net calls.
+
+Each request runs the one inference path (``Separator.separate`` / ``separate_file``, hence
+``separate_stream``) in a worker thread; its U-Net pass is replaced by a hook that hands each
+group of windows to :meth:`ClipSepModel.features_batch`, a ``@serve.batch`` method on the
+replica's event loop, which concatenates the groups of several requests into one U-Net call.
+The features of an upload are kept (a byte-bounded LRU) under its separation id: a re-query
+replays them, so it costs the projections, the masks and the iSTFT, not the U-Net.
+
+Ids are ``<replica tag>.<random hex>``; a replica "loads" each id it serves through
+``@serve.multiplexed`` so re-queries sent with ``multiplexed_model_id=id`` are routed to it,
+and a replica that gets another's id says so (the ingress then retries) rather than a 404.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray import serve
+
+from clipsep_ray.models.query import QueryError
+from clipsep_ray.serve.cache import ByteLRU
+from clipsep_ray.serve.limits import Limits
+
+PROBE_QUERY = "a sound"
+
+
+@dataclass
+class Upload:
+    """What a re-query needs: the input (mono, its own rate) and the U-Net features of its windows."""
+
+    wave: np.ndarray
+    sample_rate: int
+    features: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return self.wave.nbytes + sum(f.numel() * f.element_size() for f in self.features)
+
+
+class ClipSepModel:
+    def __init__(self, checkpoint: str, device: str = "auto", limits: dict | None = None):
+        from clipsep_ray.separate import Separator
+
+        self.limits = Limits.from_args(limits or {})
+        self.sep = Separator.from_checkpoint(checkpoint, device=device)
+        self.checkpoint = checkpoint
+        self.cache = ByteLRU(int(self.limits.cache_mb * 2**20))
+        self.features_batch.set_max_batch_size(self.limits.max_batch_size)
+        self.features_batch.set_batch_wait_timeout_s(self.limits.batch_wait_s)
+        self.counters = {"batches": 0, "items": 0, "windows": 0, "max_batch_items": 0, "max_batch_windows": 0}
+        self._lock = threading.Lock()  # the query encoder's text cache is not thread-safe
+        # Two pools: request threads block on their batches' results, so the U-Net must not wait
+        # for a thread of the same pool (with asyncio's default pool, 8 concurrent requests on
+        # 2 cores deadlocked: 6 threads all waiting for a U-Net call that had no thread left).
+        self._unet_pool = ThreadPoolExecutor(1, thread_name_prefix="unet")
+        self._request_pool = ThreadPoolExecutor(max(8, 2 * self.limits.max_batch_size), thread_name_prefix="request")
+        try:
+            context = serve.get_replica_context()
+            self.tag, self.actor = context.replica_tag, context.replica_id.to_full_id_str()
+        except Exception:  # outside a replica (a direct test of the class)
+            self.tag, self.actor = uuid.uuid4().hex[:8], None
+        self.check_health()
+
+    # -- batching --------------------------------------------------------------------------
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def features_batch(self, groups: list[torch.Tensor]) -> list[torch.Tensor]:
+        """log |X| groups (B_i, 1, W, N) from any requests -> their features, in one U-Net call."""
+        from clipsep_ray.separate import window_features
+
+        sizes = [g.shape[0] for g in groups]
+        feats = await asyncio.get_running_loop().run_in_executor(
+            self._unet_pool, window_features, self.sep.model, torch.cat(groups), self.sep.cfg.inference.precision,
+            self.sep.device)
+        c = self.counters
+        c["batches"] += 1
+        c["items"] += len(groups)
+        c["windows"] += sum(sizes)
+        c["max_batch_items"] = max(c["max_batch_items"], len(groups))
+        c["max_batch_windows"] = max(c["max_batch_windows"], sum(sizes))
+        return [f.clone() for f in feats.split(sizes)]  # a view would keep the whole batch alive
+
+    def _batched_hook(self, loop: asyncio.AbstractEventLoop, record: list):
+        """A features function for a worker thread: sends each group to the batch, keeps the result."""
+        def features(log_mag: torch.Tensor) -> torch.Tensor:
+            feats = asyncio.run_coroutine_threadsafe(self.features_batch(log_mag), loop).result()
+            record.append(feats)
+            return feats
+        return features
+
+    async def _in_thread(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._request_pool,
+                                                                functools.partial(fn, *args, **kwargs))
+
+    def _projected(self, queries: list[str]):
+        with self._lock:
+            return self.sep.projections(queries)
+
+    @serve.multiplexed(max_num_models_per_replica=4096)
+    async def hold(self, upload_id: str) -> str:
+        """Registers ``upload_id`` with Serve's router as held here (the byte LRU bounds memory)."""
+        return upload_id
+
+    # -- requests --------------------------------------------------------------------------
+    async def separate(self, wave: np.ndarray, sample_rate: int, queries: list[str]) -> dict:
+        """Mono input at its own rate -> {"id", "stems": {name: (T,) float32}} or {"error"}."""
+        try:
+            projected = self._projected(queries)
+        except QueryError as exc:
+            return {"error": str(exc)}
+        record: list[torch.Tensor] = []
+        hook = self._batched_hook(asyncio.get_running_loop(), record)
+        result = await self._in_thread(self.sep.separate, wave, sample_rate, None, hook, projected)
+        upload_id = f"{self.tag}.{uuid.uuid4().hex}"
+        upload = Upload(np.asarray(wave, np.float32), int(sample_rate), record)
+        if self.cache.put(upload_id, upload, upload.nbytes):
+            await self.hold(upload_id)
+        return {"id": upload_id, "stems": dict(result.stems)}
+
+    async def requery(self, upload_id: str, queries: list[str]) -> dict:
+        """New queries on a kept upload: {"stems"} | {"error"} | {"missing": True} | {"elsewhere": True}."""
+        upload = self.cache.get(upload_id)
+        if upload is None:
+            return {"elsewhere": True} if upload_id.split(".")[0] != self.tag else {"missing": True}
+        try:
+            projected = self._projected(queries)
+        except QueryError as exc:
+            return {"error": str(exc)}
+        replay = iter(upload.features)
+
+        def cached(log_mag: torch.Tensor) -> torch.Tensor:
+            feats = next(replay)
+            if feats.shape[0] != log_mag.shape[0]:
+                raise RuntimeError("cached features do not match the upload's windows")
+            return feats
+
+        result = await self._in_thread(self.sep.separate, upload.wave, upload.sample_rate, None, cached, projected)
+        return {"stems": dict(result.stems), "sample_rate": upload.sample_rate}
+
+    async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
+        """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}."""
+        from clipsep_ray.audio.io import AudioDecodeError
+
+        try:
+            names, _ = self._projected(queries)
+            hook = self._batched_hook(asyncio.get_running_loop(), [])
+            files = await self._in_thread(self.sep.separate_file, source, dest, names, fmt, features=hook)
+        except (QueryError, AudioDecodeError, FileNotFoundError) as exc:
+            return {"error": str(exc), "kind": type(exc).__name__}
+        return {"outputs": files}
+
+    # -- health and info -------------------------------------------------------------------
+    def check_health(self) -> None:
+        """Raises unless the model separates a short noise signal into finite stems."""
+        noise = np.random.default_rng(0).standard_normal(self.sep.cfg.audio.clip_samples).astype(np.float32) * 0.1
+        stems = self.sep.separate(noise, self.sep.cfg.audio.sample_rate, None,
+                                  projected=self._projected([PROBE_QUERY]))
+        if not all(np.isfinite(s).all() for s in stems.values()):
+            raise RuntimeError("the model gives non-finite output")
+
+    async def healthy(self) -> bool:
+        await self._in_thread(self.check_health)
+        return True
+
+    def info(self) -> dict:
+        cfg = self.sep.cfg
+        return {"replica": self.tag, "actor": self.actor, "checkpoint": self.checkpoint, "device": str(self.sep.device),
+                "model": {"arch": cfg.model.arch,
+                          "method": self.sep.model.method_name(cfg.model, cfg.train.mode),
+                          "text_queries": bool(self.sep.model.text_queries), "clip_model": cfg.query.clip_model,
+                          "unet_depth": cfg.model.unet_depth, "unet_width": cfg.model.unet_width,
+                          "num_masks": cfg.model.num_masks},
+                "sample_rate": cfg.audio.sample_rate, "window_samples": cfg.audio.clip_samples,
+                "batch_windows": cfg.inference.batch_windows, "precision": cfg.inference.precision,
+                "batching": {**self.counters, "max_batch_size": self.limits.max_batch_size,
+                             "batch_wait_s": self.limits.batch_wait_s},
+                "cache": self.cache.stats()}

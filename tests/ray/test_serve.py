@@ -1,0 +1,320 @@
+"""The Serve application over real HTTP on 127.0.0.1 (tiny random-weight model): one query,
+several, a video, a long file, every error answer, batching across concurrent requests (by
+the counters), re-query from cached features equal to a fresh request, object storage in and
+out, a bounded temporary area left empty, and a killed model replica replaced."""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.ray.conftest import _free_port
+
+TOKEN = "s3cret-token"
+LSB = 2.0 / 32768  # two steps of 16-bit PCM
+
+
+def _tone(sr: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)
+    return mono.astype(np.float32) if channels == 1 else np.stack([mono, 0.5 * mono]).astype(np.float32)
+
+
+def _wav(wave: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, wave.T if wave.ndim == 2 else wave, sr, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_checkpoint, tmp_path_factory):
+    from ray import serve
+
+    from clipsep_ray.serve.app import build_app
+
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("serve-temp")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.25, "ingress_cpus": 0.1}
+    serve.run(build_app({**common, "max_upload_mb": 8, "max_seconds": 120, "max_batch_size": 16,
+                         "batch_wait_s": 0.2, "temp_dir": str(temp)}),
+              name="clipsep", route_prefix="/")
+    os.environ["CLIPSEP_TOKEN"] = TOKEN  # read by build_app for the second application only
+    try:
+        serve.run(build_app({**common, "max_batch_size": 1, "max_ongoing_requests": 1, "max_queued_requests": 1}),
+                  name="tight", route_prefix="/tight")
+    finally:
+        del os.environ["CLIPSEP_TOKEN"]
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=120) as client:
+        yield client, temp
+    serve.shutdown()
+
+
+def _separate(client, data: bytes, queries, name="in.wav", path="/v1/separate", headers=None, **fields):
+    form = {"query": list(queries), **{k: str(v) for k, v in fields.items()}}
+    return client.post(path, files={"file": (name, data)}, data=form, headers=headers)
+
+
+def _zip(resp) -> dict[str, tuple[np.ndarray, int]]:
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/zip"
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        for name in zf.namelist():
+            wave, sr = sf.read(io.BytesIO(zf.read(name)), dtype="float32")
+            out[name] = (wave, sr)
+    return out
+
+
+def _error(resp, status: int, code: str | None = None) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()["error"]
+    if code:
+        assert body["code"] == code, body
+    return body["message"]
+
+
+def test_health_info_docs_and_page(server):
+    client, _ = server
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/info").json()
+    assert info["sample_rate"] == 8000 and info["model"]["text_queries"] is True
+    assert info["limits"]["max_upload_mb"] == 8 and info["limits"]["max_seconds"] == 120
+    assert {"batches", "items", "max_batch_items"} <= set(info["batching"])
+    assert info["version"] and info["auth"] is False
+    assert "/v1/separate" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text or "canvas" in client.get("/static/app.js").text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+
+
+def test_one_query_without_residual_is_the_audio_file(server):
+    client, _ = server
+    wave = _tone(16000, 2.3)
+    resp = _separate(client, _wav(wave, 16000), ["dog barking"], residual="false")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "audio/wav" and resp.headers["x-separation-id"]
+    stem, sr = sf.read(io.BytesIO(resp.content), dtype="float32")
+    assert sr == 16000 and stem.shape == wave.shape and np.abs(stem).max() > 0
+
+
+def test_several_queries_stereo_flac_out(server):
+    client, _ = server
+    wave = _tone(44100, 1.7, channels=2)
+    files = _zip(_separate(client, _wav(wave, 44100, "FLAC"), ["dog barking", "Rain!"], name="b.flac",
+                           format="flac"))
+    assert set(files) == {"dog_barking.flac", "rain.flac", "residual.flac"}
+    for w, sr in files.values():
+        assert sr == 44100 and w.shape == (wave.shape[1],)
+    total = sum(w for w, _ in files.values())
+    assert np.abs(total - wave.mean(axis=0)).max() < 3 * LSB  # stems + residual = the (mono) input
+    assert not np.allclose(files["dog_barking.flac"][0], files["rain.flac"][0])
+
+
+def test_video_and_long_file(server, tmp_path):
+    from clipsep_ray.synth.videos import write_mp4
+
+    client, _ = server
+    write_mp4(tmp_path / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, _tone(16000, 2.0), 16000)
+    files = _zip(_separate(client, (tmp_path / "clip.mp4").read_bytes(), ["engine"], name="clip.mp4"))
+    assert set(files) == {"engine.wav", "residual.wav"} and files["engine.wav"][1] == 16000
+    long = _tone(8000, 100.0, seed=3)  # 100 s: many window groups through the batch
+    files = _zip(_separate(client, _wav(long, 8000), ["dog"]))
+    assert files["dog.wav"][0].shape == long.shape and files["residual.wav"][1] == 8000
+
+
+def test_concurrent_requests_are_batched(server):
+    client, _ = server
+    before = client.get("/v1/info").json()["batching"]
+    data = _wav(_tone(8000, 2.0, seed=5), 8000)
+    with ThreadPoolExecutor(8) as pool:
+        resps = list(pool.map(lambda i: _separate(client, data, [f"sound {i}"]), range(8)))
+    assert all(r.status_code == 200 for r in resps)
+    after = client.get("/v1/info").json()["batching"]
+    batches, items = after["batches"] - before["batches"], after["items"] - before["items"]
+    assert items == 8  # one group of windows per 2 s request
+    assert batches < items and after["max_batch_items"] >= 2  # several requests shared a U-Net call
+
+
+def test_requery_equals_a_fresh_request_and_unknown_id_is_404(server):
+    client, _ = server
+    data = _wav(_tone(22050, 3.1, seed=7), 22050)
+    first = _separate(client, data, ["dog barking"])
+    sid = first.headers["x-separation-id"]
+    again = client.post(f"/v1/separations/{sid}", json={"queries": ["rain", "dog barking"]})
+    assert again.headers["x-separation-id"] == sid
+    re_files, fresh_files = _zip(again), _zip(_separate(client, data, ["rain", "dog barking"]))
+    assert set(re_files) == set(fresh_files) == {"rain.wav", "dog_barking.wav", "residual.wav"}
+    for name in re_files:
+        assert np.abs(re_files[name][0] - fresh_files[name][0]).max() <= LSB
+    one = client.post(f"/v1/separations/{sid}", json={"queries": ["rain"], "residual": False, "format": "flac"})
+    assert one.headers["content-type"] == "audio/flac"
+    assert np.abs(sf.read(io.BytesIO(one.content), dtype="float32")[0] - re_files["rain.wav"][0]).max() <= LSB
+    _error(client.post(f"/v1/separations/{sid.split('.')[0]}.0123", json={"queries": ["rain"]}), 404,
+           "unknown_separation")
+    _error(client.post("/v1/separations/nope", json={"queries": ["rain"]}), 404)
+    _error(client.post(f"/v1/separations/{sid}", json={"queries": []}), 422, "no_query")
+
+
+def test_upload_limits(server):
+    client, _ = server
+    big = b"\0" * (9 * 2**20)
+    _error(_separate(client, big, ["dog"]), 413, "upload_too_large")
+
+    def chunks():  # no Content-Length: the limit must hold while reading
+        boundary = b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n"
+        yield boundary
+        for _ in range(40):
+            yield b"\0" * 2**18
+
+    resp = client.post("/v1/separate", content=chunks(),
+                       headers={"content-type": "multipart/form-data; boundary=xx"})
+    _error(resp, 413, "upload_too_large")
+    _error(_separate(client, _wav(_tone(8000, 125.0), 8000), ["dog"]), 413, "audio_too_long")
+
+
+@pytest.mark.parametrize("queries,fields,code", [
+    ([], {}, "no_query"),
+    ([f"q{i}" for i in range(9)], {}, "too_many_queries"),
+    (["dog", "  "], {}, "empty_query"),
+    (["x" * 201], {}, "query_too_long"),
+    (["dog", "dog"], {}, "repeated_query"),
+    (["residual"], {}, "reserved_query"),
+    (["dog"], {"format": "mp3"}, "bad_format"),
+    (["dog"], {"residual": "maybe"}, "bad_residual"),
+])
+def test_bad_parameters_are_422(server, queries, fields, code):
+    client, _ = server
+    _error(_separate(client, _wav(_tone(8000, 0.5), 8000), queries, **fields), 422, code)
+
+
+def test_no_file_and_undecodable_audio(server):
+    client, _ = server
+    _error(client.post("/v1/separate", data={"query": "dog"}, files={"other": ("x", b"1")}), 422, "no_file")
+    msg = _error(_separate(client, os.urandom(3000), ["dog"], name="broken.wav"), 400, "undecodable_audio")
+    assert "does not decode" in msg and len(msg) > 30
+
+
+def test_temp_area_is_empty_after_requests(server):
+    _, temp = server
+    areas = [os.path.join(temp, d) for d in os.listdir(temp)]
+    assert len(areas) == 1 and os.listdir(areas[0]) == []
+
+
+def test_token_and_full_queue(server):
+    client, _ = server
+    data = _wav(_tone(8000, 20.0, seed=9), 8000)
+    _error(_separate(client, data, ["dog"], path="/tight/v1/separate"), 401, "unauthorized")
+    _error(_separate(client, data, ["dog"], path="/tight/v1/separate", headers={"Authorization": "Bearer no"}),
+           401)
+    _error(client.get("/tight/v1/info"), 401)
+    assert client.get("/tight/healthz").status_code == 200  # probes need no token
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with ThreadPoolExecutor(8) as pool:
+        resps = list(pool.map(lambda i: _separate(client, data, ["dog"], path="/tight/v1/separate",
+                                                  headers=auth), range(8)))
+    codes = sorted(r.status_code for r in resps)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+    busy = next(r for r in resps if r.status_code == 503)
+    assert busy.headers["retry-after"] and busy.json()["error"]["code"] == "busy"
+
+
+def test_separate_uri(server, s3_server, s3_bucket):
+    client, _ = server
+    wave = _tone(16000, 3.0, seed=11)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/song.wav", Body=_wav(wave, 16000))
+    resp = client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav",
+                                                  "output": f"s3://{s3_bucket}/out/song", "queries": ["dog"]})
+    assert resp.status_code == 200, resp.text
+    outputs = resp.json()["outputs"]
+    assert set(outputs) == {"dog", "residual"}
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key="out/song/dog.wav")["Body"].read()
+    stem, sr = sf.read(io.BytesIO(body), dtype="float32")
+    assert sr == 16000 and stem.shape == wave.shape
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/none.wav",
+                                                  "output": f"s3://{s3_bucket}/out/x", "queries": ["dog"]}), 400)
+    _error(client.post("/v1/separate-uri", json={"input": "/etc/passwd", "output": "/tmp/x",
+                                                  "queries": ["dog"]}), 422, "bad_uri")
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TRACKS_READY = """() => {
+  const tracks = [...document.querySelectorAll('#tracks .track')];
+  return tracks.length >= 3 && tracks.every(t => {
+    const a = t.querySelector('audio'), c = t.querySelector('canvas');
+    return a.readyState >= 1 && a.duration > 0 && c && c.dataset.drawn === 'true';
+  });
+}"""
+LIT_PIXELS = """() => [...document.querySelectorAll('#tracks canvas')].map(c => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 0) n++;
+  return n;
+})"""
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """Upload a file, type a query: the input, the stem and the residual are playable, each with
+    a drawn spectrogram; other queries on the same upload work without uploading again."""
+    from playwright.sync_api import sync_playwright
+
+    client, _ = server
+    song = tmp_path / "song.wav"
+    song.write_bytes(_wav(_tone(16000, 2.0, seed=13), 16000))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(str(client.base_url) + "/")
+            page.set_input_files("#file", str(song))
+            page.fill("#queries", "dog barking")
+            page.click("#go")
+            page.wait_for_function(TRACKS_READY, timeout=90_000)
+            names = page.eval_on_selector_all("#tracks h3", "els => els.map(e => e.textContent)")
+            assert names == ["input: song.wav", "dog_barking.wav", "residual.wav"]
+            durations = page.eval_on_selector_all("#tracks audio", "els => els.map(a => a.duration)")
+            assert all(abs(d - 2.0) < 0.01 for d in durations), durations
+            assert all(n > 100 for n in page.evaluate(LIT_PIXELS))
+            assert page.get_attribute("#tracks a[download]", "href").startswith("blob:")
+            sid = page.text_content("#sid")
+            page.fill("#queries", "rain")
+            page.click("#again")
+            page.wait_for_function("() => [...document.querySelectorAll('#tracks h3')].some(e => "
+                                   "e.textContent === 'rain.wav')", timeout=60_000)
+            page.wait_for_function(TRACKS_READY, timeout=60_000)
+            assert page.text_content("#sid") == sid and not errors, errors
+        finally:
+            browser.close()
+
+
+def test_killed_model_replica_is_replaced(server):
+    import ray
+
+    client, _ = server
+    info = client.get("/v1/info").json()
+    before = info["replica"]
+    ray.kill(ray.get_actor(info["actor"], namespace="serve"), no_restart=True)
+    data = _wav(_tone(8000, 1.0), 8000)
+    deadline, resp = time.time() + 90, None
+    while time.time() < deadline:
+        resp = _separate(client, data, ["dog"], residual="false")
+        if resp.status_code == 200:
+            break
+        assert resp.status_code in (500, 503), resp.text
+        time.sleep(1)
+    assert resp is not None and resp.status_code == 200, resp.text
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/info").json()["replica"] != before
