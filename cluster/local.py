@@ -110,13 +110,18 @@ def _start_node(d: str, state: dict, name: str, head: bool, cpus: int, gpus: int
         cmd += ["--head", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
     else:
         cmd += ["--address", state["address"]]
+    gcs = f"127.0.0.1:{ports['port']}" if head else state["address"]
+    # RAY_ADDRESS names this cluster to every process of the node: Ray's own helpers that look the
+    # cluster up (Train's placement-group cleaner, the State API) otherwise fail with "multiple
+    # active Ray instances" when another Ray runs on the machine (seen here).
+    env = {**os.environ, "RAY_ADDRESS": gcs}
     log = open(os.path.join(d, f"{name}.log"), "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     node = {"pid": proc.pid, "temp_dir": temp_dir, "head": head, "cpus": cpus, "gpus": gpus, "ports": ports}
     state["nodes"][name] = node
     if head:
-        state["address"] = f"127.0.0.1:{ports['port']}"
+        state["address"] = gcs
         state["dashboard"] = f"http://127.0.0.1:{ports['dashboard-port']}"
     _save(d, state)
     return node
@@ -232,16 +237,19 @@ def kill(a: argparse.Namespace) -> dict:
 
 
 def stop(a: argparse.Namespace) -> dict:
+    """SIGTERM (ray start --block then stops its node), all workers at once and then the head;
+    SIGKILL what is left after 15 s."""
     state = _load(os.path.abspath(a.dir))
-    stopped = []
-    for name, node in reversed(list(state["nodes"].items())):  # workers first, the head last
-        if node_pids(node["temp_dir"]):
-            _signal_node(node, signal.SIGTERM)  # ray start --block shuts its node down on SIGTERM
-            if not _wait_gone(node, 15):
-                _signal_node(node, signal.SIGKILL)
-                _wait_gone(node, 5)
-            stopped.append(name)
-    return {"stopped": stopped}
+    running = {n: node for n, node in state["nodes"].items() if node_pids(node["temp_dir"])}
+    for group in ([n for n in running if n != "head"], [n for n in running if n == "head"]):
+        for name in group:
+            _signal_node(running[name], signal.SIGTERM)
+        deadline = time.time() + 15
+        for name in group:
+            if not _wait_gone(running[name], max(0.5, deadline - time.time())):
+                _signal_node(running[name], signal.SIGKILL)
+                _wait_gone(running[name], 5)
+    return {"stopped": sorted(running)}
 
 
 def status_of(state: dict) -> dict:

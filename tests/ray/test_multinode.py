@@ -29,7 +29,7 @@ from tests.ray.conftest import training_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL = [sys.executable, os.path.join(REPO, "cluster", "local.py")]
-STEPS, EVERY = 40, 4
+STEPS, EVERY = 16, 4
 
 
 def _local(*args: str) -> dict:
@@ -103,7 +103,8 @@ def trained(cluster, s3_server):
         f"python jobs/train.py --config tiny --data s3://{bucket}/train --storage s3://{bucket}/runs --name mn "
         f"--workers 2 run.cpus_per_worker=2 run.max_failures=2 model.unet_width=4 audio.clip_samples=8191 "
         f"train.batch_size=4 train.max_steps={STEPS} train.checkpoint_every={EVERY} train.log_every={EVERY} "
-        "data.val_clips=0 train.shuffle_buffer=0 query.clip_pretrained= inference.precision=fp32"))
+        "data.val_clips=0 data.min_rows_per_pass=64 train.shuffle_buffer=0 query.clip_pretrained= "
+        "inference.precision=fp32"))
     status = _wait(client, job, 300, until=lambda: bool(_checkpoints(s3, bucket, "runs/mn/")))
     assert status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED), \
         f"the run ended ({status}) before its first checkpoint was seen:\n{client.get_job_logs(job)[-3000:]}"
@@ -117,6 +118,8 @@ def trained(cluster, s3_server):
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, f"train job ended {status}:\n{logs[-4000:]}"
     summary = json.loads(s3.get_object(Bucket=bucket, Key="runs/mn/summary.json")["Body"].read())
+    print(f"[multinode] first workers on {sorted(names[a['node_id']] for a in first)}, killed {victim} with "
+          f"checkpoints {before_kill}, resumed from step {summary['metrics']['start_step']}")
     return {"first": first, "victim": victim, "names": names, "before_kill": before_kill, "summary": summary,
             "workers": _train_workers(cluster["dashboard"]), "bucket": bucket, "logs": logs}
 

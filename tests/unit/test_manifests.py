@@ -1,8 +1,9 @@
 """The cluster definitions against the real schemas and against this repository.
 
-KubeRay manifests (cluster/kuberay/*.yaml) validate against the KubeRay v1.7.0 CRDs
-(``../shared/kuberay-crds/``) made strict (``additionalProperties: false`` on every object that
-lists its properties, so a misspelt field fails); the AWS launcher YAML validates against Ray's
+KubeRay manifests (cluster/kuberay/*.yaml) validate against the KubeRay v1.7.0 CRDs (the
+``kuberay-crds`` folder CI keeps beside the repository, or ``$KUBERAY_CRDS``) made strict
+(``additionalProperties: false`` on every object that lists its properties, so a misspelt field
+fails); the AWS launcher YAML validates against Ray's
 own cluster schema. Then every manifest is held to the repository: the entry points and config
 files it names exist, GPUs per worker agree with the jobs' flags and the worker groups, images
 carry pyproject's Ray and Python versions, the runtime env and the Serve config are the shared
@@ -26,7 +27,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLUSTER = os.path.join(ROOT, "cluster")
-CRDS = os.path.join(os.path.dirname(ROOT), "shared", "kuberay-crds")
+CRDS = os.environ.get("KUBERAY_CRDS", os.path.join(os.path.dirname(ROOT), "shared", "kuberay-crds"))
 MANIFESTS = sorted(glob.glob(os.path.join(CLUSTER, "kuberay", "*.yaml")))
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -59,7 +60,9 @@ def strict(schema):
 def crd_validators() -> dict[str, jsonschema.Draft7Validator]:
     """kind -> a strict validator of its ``ray.io/v1`` schema."""
     out = {}
-    for path in glob.glob(os.path.join(CRDS, "ray.io_*.yaml")):
+    paths = glob.glob(os.path.join(CRDS, "ray.io_*.yaml"))
+    assert len(paths) == 3, f"the KubeRay CRDs are not in {CRDS} (set KUBERAY_CRDS)"
+    for path in paths:
         crd = _load(path)
         (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
         out[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
