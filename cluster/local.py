@@ -127,6 +127,29 @@ def _start_node(d: str, state: dict, name: str, head: bool, cpus: int, gpus: int
     return node
 
 
+class NodeExited(RuntimeError):
+    pass
+
+
+def _start_workers(d: str, state: dict, names: list[str], timeout_s: float, attempts: int = 2) -> None:
+    """Start worker nodes; one that exits while starting is started again once with fresh ports
+    (a port picked free can be taken by another process before the node binds it)."""
+    for name in names:
+        w = state["worker"]
+        _start_node(d, state, name, False, w["cpus"], w["gpus"], w["object_store_mb"])
+    for attempt in range(attempts):
+        try:
+            return _wait_alive(state, names, timeout_s)
+        except NodeExited as e:
+            if attempt == attempts - 1:
+                raise SystemExit(str(e)) from None
+            print(f"{e}\nretrying", file=sys.stderr)
+            for name in names:
+                if _exit_code(state["nodes"][name]["pid"]) is not None:
+                    w = state["worker"]
+                    _start_node(d, state, name, False, w["cpus"], w["gpus"], w["object_store_mb"])
+
+
 def alive_nodes(dashboard: str) -> dict[str, str]:
     """node name -> node id of the ALIVE nodes, from the State API of the dashboard."""
     with urllib.request.urlopen(f"{dashboard}/api/v0/nodes?limit=1000&detail=1", timeout=10) as r:
@@ -139,7 +162,9 @@ def _wait_alive(state: dict, names: list[str], timeout_s: float) -> None:
     while time.time() < deadline:
         for name in names:
             if (code := _exit_code(state["nodes"][name]["pid"])) is not None:
-                raise SystemExit(f"node {name} exited with {code} while starting (see its log in the cluster dir)")
+                with open(os.path.join(state["dir"], f"{name}.log"), errors="replace") as f:
+                    tail = f.read()[-3000:]
+                raise NodeExited(f"node {name} exited with {code} while starting; its log ends:\n{tail}")
         try:
             if set(names) <= set(alive_nodes(state["dashboard"])):
                 return
@@ -207,11 +232,11 @@ def start(a: argparse.Namespace) -> dict:
     state = {"dir": d, "address": None, "dashboard": None, "nodes": {},
              "worker": {"cpus": a.worker_cpus, "gpus": a.worker_gpus, "object_store_mb": a.object_store_mb}}
     _start_node(d, state, "head", True, a.head_cpus, 0, a.object_store_mb)
-    _wait_alive(state, ["head"], a.timeout)
-    names = [f"w{i + 1}" for i in range(a.workers)]
-    for name in names:
-        _start_node(d, state, name, False, a.worker_cpus, a.worker_gpus, a.object_store_mb)
-    _wait_alive(state, names, a.timeout)
+    try:
+        _wait_alive(state, ["head"], a.timeout)
+    except NodeExited as e:
+        raise SystemExit(str(e)) from None
+    _start_workers(d, state, [f"w{i + 1}" for i in range(a.workers)], a.timeout)
     return status_of(state)
 
 
@@ -219,9 +244,7 @@ def add(a: argparse.Namespace) -> dict:
     d = os.path.abspath(a.dir)
     state = _load(d)
     name = f"w{1 + max([int(n[1:]) for n in state['nodes'] if n != 'head'] or [0])}"
-    w = state["worker"]
-    _start_node(d, state, name, False, w["cpus"], w["gpus"], w["object_store_mb"])
-    _wait_alive(state, [name], a.timeout)
+    _start_workers(d, state, [name], a.timeout)
     return status_of(state)
 
 

@@ -105,7 +105,7 @@ def trained(cluster, s3_server):
         f"train.batch_size=4 train.max_steps={STEPS} train.checkpoint_every={EVERY} train.log_every={EVERY} "
         "data.val_clips=0 data.min_rows_per_pass=64 train.shuffle_buffer=0 query.clip_pretrained= "
         "inference.precision=fp32"))
-    status = _wait(client, job, 300, until=lambda: bool(_checkpoints(s3, bucket, "runs/mn/")))
+    status = _wait(client, job, 480, until=lambda: bool(_checkpoints(s3, bucket, "runs/mn/")))
     assert status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED), \
         f"the run ended ({status}) before its first checkpoint was seen:\n{client.get_job_logs(job)[-3000:]}"
     first = [a for a in _train_workers(cluster["dashboard"]) if a["state"] == "ALIVE"]
@@ -114,7 +114,7 @@ def trained(cluster, s3_server):
     before_kill = _checkpoints(s3, bucket, "runs/mn/")
     _local("kill", "--dir", cluster["dir"], victim)
     _local("add", "--dir", cluster["dir"])  # the replacement node, as KubeRay recreates a lost pod
-    status = _wait(client, job, 300)
+    status = _wait(client, job, 480)
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, f"train job ended {status}:\n{logs[-4000:]}"
     summary = json.loads(s3.get_object(Bucket=bucket, Key="runs/mn/summary.json")["Body"].read())

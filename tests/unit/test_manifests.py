@@ -276,6 +276,9 @@ def test_train_jobs_gpus_agree_with_the_worker_group():
         (gpu_group,) = [g for n, g, p in pods(doc) if n != "head" and pod_gpus(p)]
         assert per >= 1 and gpu_group["minReplicas"] * per >= workers, (name, workers, per, gpu_group["minReplicas"])
         assert gpu_group["maxReplicas"] * per >= workers
+        # ScalingConfig's resources_per_worker CPUs must fit a GPU pod beside its GPU.
+        pod_cpus = min(float(c["resources"]["limits"]["cpu"]) for c in gpu_group["template"]["spec"]["containers"])
+        assert cfg.run.cpus_per_worker <= pod_cpus, (name, cfg.run.cpus_per_worker, pod_cpus)
         checked += 1
     assert checked == 1
 
