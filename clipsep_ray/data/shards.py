@@ -73,7 +73,12 @@ class PrepStats:
             import ray
 
             self._local = None
-            self._actor = ray.remote(num_cpus=0)(_StatsActor).remote()
+            # On the driver's node, as Ray Data pins its own SplitCoordinator: a 0-CPU actor may
+            # otherwise land on a worker node, and losing that node failed every later row batch
+            # (multi-node test, one worker node killed mid-training).
+            here = ray.get_runtime_context().get_node_id()
+            self._actor = ray.remote(num_cpus=0)(_StatsActor).options(
+                label_selector={ray._raylet.RAY_NODE_ID_KEY: here}).remote()
 
     def add(self, ok: int, failures: list[tuple[str, str, str]]) -> None:
         if self._local is not None:

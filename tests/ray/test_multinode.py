@@ -116,7 +116,8 @@ def trained(cluster, s3_server):
     _local("add", "--dir", cluster["dir"])  # the replacement node, as KubeRay recreates a lost pod
     status = _wait(client, job, 480)
     logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, f"train job ended {status}:\n{logs[-4000:]}"
+    errors = "\n".join(line for line in logs.splitlines() if "Error" in line)[-4000:]
+    assert status == JobStatus.SUCCEEDED, f"train job ended {status}:\n{errors}\n...\n{logs[-3000:]}"
     summary = json.loads(s3.get_object(Bucket=bucket, Key="runs/mn/summary.json")["Body"].read())
     print(f"[multinode] first workers on {sorted(names[a['node_id']] for a in first)}, killed {victim} with "
           f"checkpoints {before_kill}, resumed from step {summary['metrics']['start_step']}")
