@@ -32,7 +32,7 @@ def shards(tmp_path_factory):
     return str(base)
 
 
-def _sweep_file(path, shards: str, trials: int = 3, steps: int = 4) -> str:
+def _sweep_file(path, shards: str, trials: int = 3, steps: int = 4, asha: bool = True) -> str:
     data = {
         "base": "tiny",
         "overrides": {"model.unet_width": 4, "train.batch_size": 4, "train.max_steps": steps,
@@ -43,7 +43,7 @@ def _sweep_file(path, shards: str, trials: int = 3, steps: int = 4) -> str:
         "objective": {"metric": "val_sdri_image", "mode": "max"},
         "space": {"model.num_masks": {"choices": [4, 8]}, "train.lr": {"low": 1.0e-4, "high": 3.0e-3, "log": True}},
         "search": {"trials": trials, "max_concurrent": 1, "seed": 0},
-        "scheduler": {"type": "asha", "grace_steps": 2},
+        "scheduler": {"type": "asha", "grace_steps": 2} if asha else {"type": "none"},
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
@@ -102,7 +102,8 @@ def test_driver_killed_during_a_trial_resumes_the_study(ray_local, shards, tmp_p
 
     from clipsep_ray.commands import call
 
-    sweep = _sweep_file(tmp_path / "killed.yaml", shards, trials=2, steps=6)
+    # No ASHA here: it could stop the second trial at step 2 before the kill.
+    sweep = _sweep_file(tmp_path / "killed.yaml", shards, trials=2, steps=6, asha=False)
     storage = str(tmp_path / "sweeps")
     url = f"sqlite:///{storage}/killed/study.db"
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
@@ -145,7 +146,7 @@ def test_driver_killed_during_a_trial_resumes_the_study(ray_local, shards, tmp_p
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == interrupted.params and retry[0].user_attrs["run"] == before[killed_in][1]
     assert retry[0].user_attrs["start_step"] >= 2  # resumed from the interrupted run's checkpoint
-    assert retry[0].user_attrs["step"] in (2, 4, 6) and "interrupted" in open(
+    assert retry[0].user_attrs["step"] == 6 and "interrupted" in open(
         f"{storage}/killed/report/trials.md").read()
 
 
