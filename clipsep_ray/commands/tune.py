@@ -5,7 +5,8 @@
 
 Each trial is a full Ray Train run of `clipsep-ray train` with the trial's parameters; key=value
 overrides go to every trial. The Optuna study lives at <storage>/<study>/study.db (SQLite) unless
---study-storage names an SQLAlchemy URL (postgresql://...). Running the same command again
+--study-storage (or the OPTUNA_STORAGE environment variable, which keeps a password off the
+command line) names an SQLAlchemy URL (postgresql://...). Running the same command again
 continues the study: finished trials are kept, a trial interrupted by a dead driver is recorded
 as FAIL and its run resumes from its checkpoint as a new trial; a finished sweep only reports.
 The report goes to <storage>/<study>/report/ (trials.csv, trials.md, best.yaml, PNGs, index.html).
@@ -25,15 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the runs, the SQLite study and the report go (default: sweeps/)")
     p.add_argument("--study", default=None, metavar="NAME", help="study name (default: the sweep file's stem)")
     p.add_argument("--study-storage", default=None, metavar="URL",
-                   help="SQLAlchemy URL of the study (default: sqlite:///<storage>/<study>/study.db)")
+                   help="SQLAlchemy URL of the study (default: $OPTUNA_STORAGE if set, else "
+                        "sqlite:///<storage>/<study>/study.db)")
     options.add_address(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="'report' for the report of an existing study; else dotted overrides for every trial")
 
 
 def execute(args: argparse.Namespace) -> dict:
+    import os
+
     from clipsep_ray.config import ConfigError
 
+    args.study_storage = args.study_storage or os.environ.get("OPTUNA_STORAGE") or None
     rest = list(args.overrides)
     if rest[:1] == ["report"]:
         if len(rest) > 1:

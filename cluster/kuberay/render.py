@@ -102,10 +102,9 @@ JOBS = {
     "train": ("python jobs/train.py --config jobs/experiments/vggsound-clipsep-nit.yaml "
               "train.num_workers=4 train.use_gpu=true run.max_failures=3",
               72 * 3600, 2, (4, 4, 4), (2, 0, 4)),
-    "tune": (f"python tuning/sweep.py --sweep tuning/masks.yaml --storage {BUCKET}/sweeps "
-             # Single quotes: the submitter passes $OPTUNA_STORAGE on unexpanded, the job's shell on
-             # the head expands it from the pod's Secret, so the password is never in the entrypoint.
-             "--study-storage '$OPTUNA_STORAGE'",
+    # The study URL comes from OPTUNA_STORAGE (the pod's Secret), which the tune command reads
+    # itself: the password is never in the entrypoint, and no shell expansion is assumed.
+    "tune": (f"python tuning/sweep.py --sweep tuning/masks.yaml --storage {BUCKET}/sweeps",
              48 * 3600, 1, (4, 0, 8), (2, 0, 4)),
     # The archive job skips what is done on a re-run: retries repeat nothing.
     "separate-archive": (f"python jobs/separate_archive.py {BUCKET}/archive {BUCKET}/stems "

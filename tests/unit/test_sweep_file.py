@@ -108,3 +108,17 @@ def test_ray_job_entry_point_runs_the_tune_command(tmp_path):
     out = subprocess.run([sys.executable, "tuning/sweep.py", "--sweep", str(path), "--storage", str(tmp_path / "s")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "search.max_concurrent" in out.stderr
+
+
+def test_study_storage_comes_from_optuna_storage_when_not_given(tmp_path, monkeypatch):
+    """On a cluster the study URL (with its password) comes from the environment, never the
+    entrypoint: without --study-storage, OPTUNA_STORAGE is the study's storage."""
+    from clipsep_ray.commands import call
+    from clipsep_ray.config import ConfigError
+
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    with pytest.raises(ConfigError, match="no study at"):  # the default: a SQLite file under --storage
+        call("tune", ["report", "--study", "nope", "--storage", str(tmp_path / "sweeps")])
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'server.db'}")
+    with pytest.raises(ConfigError, match="no study named 'nope'"):  # looked up in that storage
+        call("tune", ["report", "--study", "nope", "--storage", str(tmp_path / "sweeps")])
