@@ -61,11 +61,12 @@ def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: 
     channels = model.num_outputs(projections)
     ola = OverlapAdd(window, hop, channels, crossfade(window, overlap))
     proj = projections.to(device) if projections is not None else None
+    extract = features or (lambda log_mag: window_features(model, log_mag, cfg.precision, device))
 
     def run(windows: list[Tensor]) -> Tensor:
         waves = torch.stack(windows).to(device)
         spec, _, log_mag = frontend.analyse(waves)
-        feats = (features or (lambda lm: window_features(model, lm, cfg.precision, device)))(log_mag).to(device)
+        feats = extract(log_mag).to(device)
         logits = model.mask_logits(feats, proj)
         masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
         return frontend.reconstruct(masks, spec, window).cpu()
