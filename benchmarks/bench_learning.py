@@ -30,7 +30,7 @@ from clipsep_ray.data import schema
 from clipsep_ray.data.shards import READ_COLUMNS, RowPrep, eval_rows
 from clipsep_ray.evaluation.protocol import BOUND_METHODS, eval_pairs, evaluate_rows
 from clipsep_ray.models.registry import build_model
-from clipsep_ray.train.loop import make_optimizer, train_step
+from clipsep_ray.train.loop import WeightAverage, make_optimizer, train_step
 
 
 def main(argv=None) -> list[dict]:
@@ -42,6 +42,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--passes", type=int, default=12, help="passes of random windows prepared up front")
     p.add_argument("--out", default=None, help="append the curve as JSON lines")
+    p.add_argument("--ema", type=float, nargs="*", default=[],
+                   help="also score moving averages of the weights with these decays, on the same trajectory")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     cfg = load_config(args.preset, [f"train.max_steps={args.steps}", f"train.decay_steps={args.steps}"]
@@ -63,6 +65,7 @@ def main(argv=None) -> list[dict]:
     gen = torch.Generator().manual_seed(cfg.train.seed)
     amp = torch.bfloat16 if args.precision == "bf16" else None
     batch_size, n_rows = cfg.train.batch_size, len(passes[0]["audio"])
+    averages = {d: WeightAverage(model, d) for d in args.ema}
     curve, step, t0 = [], 0, time.perf_counter()
     while step < args.steps:
         rows = passes[(step * batch_size // n_rows) % len(passes)]
@@ -71,16 +74,22 @@ def main(argv=None) -> list[dict]:
             batch = {k: torch.as_tensor(v[order[s:s + batch_size]]) for k, v in rows.items()}
             metrics, _ = train_step(model, frontend, batch, cfg, step, gen, opt, sched, amp)
             step += 1
+            for average in averages.values():
+                average.update(model)
             if step % args.eval_every == 0 or step == args.steps:
                 train_s = time.perf_counter() - t0
                 model.eval()
                 summary, _ = evaluate_rows(model, cfg, val, pairs, bounds=step == args.steps)
+                for d, average in averages.items():
+                    summary += [{**r, "query_kind": f"{r['query_kind']}_ema{d}"}
+                                for r in evaluate_rows(average.model, cfg, val, pairs, bounds=False)[0]]
                 point = {"step": step, "train_s": round(train_s, 1), "s_per_step": round(train_s / step, 3),
                          "loss": round(metrics["loss"], 4), "overrides": args.overrides, "precision": args.precision,
                          "val_clips": len(val["audio"]), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                          **{f"sdri_{r['method'] if r['method'] in BOUND_METHODS else r['query_kind']}":
                             round(r["sdri_mean"], 2) for r in summary}}
                 print(json.dumps(point), flush=True)
+                model.train()
                 curve.append(point)
                 t0 += time.perf_counter() - t0 - train_s  # validation time is not training time
             if step >= args.steps:

@@ -128,6 +128,9 @@ class TrainConfig:
     noise_reg_lambda: float = 0.1
     noise_reg_gamma: float = 0.25
     nit_warmup_steps: int = 0  # steps of plain CLIPSep loss (noise heads unused) before NIT starts
+    # Moving average of the weights (0 = off): validation, the best checkpoint and model.pt use the
+    # average; the raw weights travel in the training state for resuming (train.loop.WeightAverage).
+    ema_decay: float = 0.0
     num_workers: int = 1
     use_gpu: bool = False
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it: GPU, or CPU with avx512_bf16/AMX) | fp32 | bf16
@@ -248,6 +251,8 @@ class Config:
             raise ConfigError("model.noise_heads must be >= 0")
         if self.train.nit_warmup_steps < 0:
             raise ConfigError("train.nit_warmup_steps must be >= 0")
+        if not 0.0 <= self.train.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.train.ema_decay}")
         if self.mixing.num_sources < 2:
             raise ConfigError("mixing.num_sources must be >= 2")
         return self

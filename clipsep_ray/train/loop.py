@@ -8,6 +8,7 @@ Every variant (``model.arch`` clipsep with ``train.mode`` image | text | hybrid 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,31 @@ def train_step(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     opt.step()
     sched.step()
     return metrics, grad_norm
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (floating parameters and buffers;
+    integer buffers are copied). The effective decay ramps up as min(decay, (1 + n) / (10 + n))
+    after n updates, so the first steps' random weights fade out of a short run's average."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model: SeparationModel = copy.deepcopy(unwrap(model)).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        source = unwrap(model).state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.lerp_(source[name].detach(), 1.0 - d)
+            else:
+                value.copy_(source[name])
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import Config
 from clipsep_ray.models.checkpoint import FILENAME, STATE_FILE
-from clipsep_ray.train.loop import (ValSet, make_optimizer, restore_state, train_state, train_step, unwrap,
-                                    validate)
+from clipsep_ray.train.loop import (ValSet, WeightAverage, make_optimizer, restore_state, train_state, train_step,
+                                    unwrap, validate)
 
 #: A hook runs after every optimisation step: hook(step, rank, world_size); it may raise.
 StepHook = Callable[[int, int, int], None]
@@ -53,8 +53,14 @@ class Worker:
     generator: torch.Generator
     frontend: SpectralFrontEnd
     autocast_to: torch.dtype | None
+    ema: WeightAverage | None = None  # rank 0 only, when train.ema_decay > 0
     step: int = 0
     start_step: int = 0
+
+    @property
+    def judged(self) -> nn.Module:
+        """The weights that are validated and saved as ``model.pt``: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
     @property
     def per_worker_batch(self) -> int:
@@ -85,19 +91,29 @@ class Meter:
 
 def save_training_checkpoint(w: Worker, directory: str) -> None:
     """``model.pt`` (an ordinary self-describing checkpoint: ``Separator.from_checkpoint(<dir>)``
-    reads it) and the optimiser/schedule/random state beside it."""
+    reads it; the weight average when there is one) and the optimiser/schedule/random state
+    beside it (with the raw training weights when model.pt holds the average)."""
     from clipsep_ray.models.checkpoint import save_checkpoint
 
-    save_checkpoint(os.path.join(directory, FILENAME), unwrap(w.model), w.cfg, extra={"step": w.step})
-    torch.save(train_state(w.opt, w.sched, w.step, w.generator), os.path.join(directory, STATE_FILE))
+    extra = {"step": w.step}
+    state = train_state(w.opt, w.sched, w.step, w.generator)
+    if w.ema is not None:
+        extra.update(ema_decay=w.ema.decay, ema_updates=w.ema.updates)
+        state.update(train_weights=unwrap(w.model).state_dict(), ema_updates=w.ema.updates)
+    save_checkpoint(os.path.join(directory, FILENAME), w.judged, w.cfg, extra=extra)
+    torch.save(state, os.path.join(directory, STATE_FILE))
 
 
 def load_training_checkpoint(w: Worker, directory: str) -> int:
     from clipsep_ray.models.checkpoint import read_checkpoint
 
     payload = read_checkpoint(os.path.join(directory, FILENAME), map_location=str(w.device))
-    unwrap(w.model).load_state_dict(payload["model"])
     state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=True)
+    # model.pt holds the average when the run kept one; the raw weights are then in the state.
+    unwrap(w.model).load_state_dict(state.get("train_weights", payload["model"]))
+    if w.ema is not None:
+        w.ema.model.load_state_dict(payload["model"])  # a run that had no average starts one from its weights
+        w.ema.updates = int(state.get("ema_updates", 0))
     return restore_state(state, w.opt, w.sched, w.generator)
 
 
@@ -128,7 +144,8 @@ def setup(cfg: Config) -> Worker:
     # 2-core box, validation SDRi within 0.3 dB: benchmarks/RESULTS.md); parameters and grads stay fp32.
     w = Worker(cfg, rank, world, device, model, opt, sched,
                torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank),
-               SpectralFrontEnd.from_config(cfg.audio).to(device), autocast_dtype(tc.precision, device))
+               SpectralFrontEnd.from_config(cfg.audio).to(device), autocast_dtype(tc.precision, device),
+               ema=WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 and rank == 0 else None)
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -178,7 +195,7 @@ def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None
               "lr": w.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
               **{k: v for k, v in metrics.items() if k != "loss"}}
     if val is not None and w.rank == 0:
-        result.update(validate(w.model, val, w.cfg, w.device))
+        result.update(validate(w.judged, val, w.cfg, w.device))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
@@ -205,6 +222,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics, grad_norm = train_step(w.model, w.frontend, batch, w.cfg, w.step, w.generator, w.opt, w.sched,
                                         w.autocast_to)
         w.step += 1
+        if w.ema is not None:
+            w.ema.update(w.model)
         meter.add(metrics["loss"])
         for hook in hooks:
             hook(w.step, w.rank, w.world)

@@ -61,9 +61,14 @@ def test_injected_failure_restarts_from_last_checkpoint(ray_local, shards, tmp_p
 
 
 def test_second_run_with_same_name_resumes(ray_local, shards):
+    """With a weight average: model.pt holds the average, and the resumed run continues both it and the
+    raw weights (the average's update count goes on from 3 to 6)."""
+    from clipsep_ray.models.checkpoint import load_checkpoint
     from clipsep_ray.train.trainer import train
 
-    first = train(_cfg(shards, "resume", **{"train.max_steps": 3}))
+    first = train(_cfg(shards, "resume", **{"train.max_steps": 3, "train.ema_decay": 0.9}))
     assert first["metrics"]["step"] == 3
-    second = train(_cfg(shards, "resume", **{"train.max_steps": 6}))
+    second = train(_cfg(shards, "resume", **{"train.max_steps": 6, "train.ema_decay": 0.9}))
     assert second["metrics"]["start_step"] == 3 and second["metrics"]["step"] == 6
+    _, cfg, payload = load_checkpoint(second["latest_checkpoint"])
+    assert cfg.train.ema_decay == 0.9 and payload["extra"]["ema_updates"] == 6

@@ -155,3 +155,77 @@ def test_nit_warmup_trains_plain_clipsep_then_nit():
     assert nit_diagnostics(build_model(load_config("tiny", SMALL).model), val, cfg, torch.device("cpu")) == {}
     with pytest.raises(Exception, match="nit_warmup_steps"):
         load_config("tiny", ["train.nit_warmup_steps=-1"])
+
+
+def test_weight_average_follows_its_ramped_decay_and_leaves_the_model_alone():
+    from clipsep_ray.train.loop import WeightAverage
+
+    cfg = load_config("tiny", SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    avg = WeightAverage(model, 0.99)
+    name, param = next((n, p) for n, p in model.named_parameters() if p.dim() > 1)
+    expected = param.detach().clone()
+    for n in range(1, 4):
+        with torch.no_grad():
+            param.add_(1.0)  # a "step" that moves this parameter by one
+        d = min(0.99, (1 + n) / (10 + n))  # the ramp: 2/11, 3/12, 4/13
+        expected = d * expected + (1 - d) * param.detach()
+        avg.update(model)
+    got = avg.model.state_dict()[name]
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, param.detach())  # the average lags the weights
+    assert avg.updates == 3 and not any(p.requires_grad for p in avg.model.parameters())
+    ints = [k for k, v in model.state_dict().items() if not v.dtype.is_floating_point]
+    for k in ints:  # e.g. BatchNorm's num_batches_tracked: copied, not averaged
+        assert torch.equal(avg.model.state_dict()[k], model.state_dict()[k])
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, 1.0)
+
+
+def test_checkpoint_with_average_saves_the_average_and_resumes_both(tmp_path):
+    from clipsep_ray.train.loop import WeightAverage
+    from clipsep_ray.train.worker import Worker, load_training_checkpoint, save_training_checkpoint
+    from clipsep_ray.models.checkpoint import load_checkpoint
+
+    cfg = load_config("tiny", SMALL + ["train.ema_decay=0.9"])
+    fe = SpectralFrontEnd.from_config(cfg.audio)
+
+    def worker(seed):
+        torch.manual_seed(seed)
+        model = build_model(cfg.model)
+        opt, sched = make_optimizer(model, cfg.train)
+        return Worker(cfg, 0, 1, torch.device("cpu"), model, opt, sched, torch.Generator().manual_seed(1), fe, None,
+                      ema=WeightAverage(model, cfg.train.ema_decay))
+
+    w = worker(0)
+    batch = _batch(cfg)
+    for step in range(3):
+        loss, _ = batch_loss(w.model, fe, batch, cfg, step, w.generator)
+        w.opt.zero_grad()
+        loss.backward()
+        w.opt.step()
+        w.sched.step()
+        w.ema.update(w.model)
+        w.step += 1
+    save_training_checkpoint(w, str(tmp_path))
+    saved, _, payload = load_checkpoint(str(tmp_path))  # what separate / evaluate / serve load
+    assert payload["extra"]["ema_updates"] == 3
+    for k, v in saved.state_dict().items():
+        assert torch.equal(v, w.ema.model.state_dict()[k])
+    assert any(not torch.equal(v, w.model.state_dict()[k]) for k, v in saved.state_dict().items())
+
+    fresh = worker(1)
+    assert load_training_checkpoint(fresh, str(tmp_path)) == 3
+    assert fresh.ema.updates == 3
+    for k, v in w.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[k], v)  # training resumes from the raw weights
+        assert torch.equal(fresh.ema.model.state_dict()[k], w.ema.model.state_dict()[k])
+
+
+def test_ema_decay_is_validated():
+    from clipsep_ray.config import ConfigError
+
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ConfigError, match="train.ema_decay"):
+            load_config("tiny", [f"train.ema_decay={bad}"])
