@@ -18,6 +18,7 @@ from torch import nn
 
 from clipsep_ray.audio.stft import SpectralFrontEnd
 from clipsep_ray.config import Config
+from clipsep_ray.models.base import SeparationModel
 from clipsep_ray.models.checkpoint import FILENAME, STATE_FILE
 from clipsep_ray.train.loop import (ValSet, WeightAverage, make_optimizer, restore_state, train_state, train_step,
                                     unwrap, validate)
@@ -58,9 +59,10 @@ class Worker:
     start_step: int = 0
 
     @property
-    def judged(self) -> nn.Module:
-        """The weights that are validated and saved as ``model.pt``: the average when there is one."""
-        return self.ema.model if self.ema is not None else self.model
+    def judged(self) -> SeparationModel:
+        """The weights that are validated and saved as ``model.pt``: the average when there is one
+        (never the DDP wrapper: its state_dict keys carry a ``module.`` prefix)."""
+        return self.ema.model if self.ema is not None else unwrap(self.model)
 
     @property
     def per_worker_batch(self) -> int:
