@@ -89,7 +89,6 @@ def main(argv=None) -> list[dict]:
                          **{f"sdri_{r['method'] if r['method'] in BOUND_METHODS else r['query_kind']}":
                             round(r["sdri_mean"], 2) for r in summary}}
                 print(json.dumps(point), flush=True)
-                model.train()
                 curve.append(point)
                 t0 += time.perf_counter() - t0 - train_s  # validation time is not training time
             if step >= args.steps:
