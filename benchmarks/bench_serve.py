@@ -4,11 +4,14 @@ requests per level, stopping by itself).
 For 5 s clips (16 kHz WAV, one query, zip answer with the residual) it measures requests/s and
 p50/p95/p99 latency at 1, 8 and 32 concurrent clients, with batching on (``--max-batch-size``)
 and off (max_batch_size 1: each request's windows still go through the U-Net together) in the
-same run, one application at a time on the same cluster; then the time of a re-query (new
-queries on the same upload, from cached features) against the first request's.
+same run: both applications are deployed side by side (an idle one costs nothing) and each
+client level runs on, off, on, off, ... (``--rounds``), so drift on the box falls on both alike;
+the table gives each level's median over its rounds. Then the time of a re-query (a new query on
+the same upload, from cached features) against the first request's, whose query is new as well
+(both pay for encoding one text query).
 
 Usage: python benchmarks/bench_serve.py [--preset tiny] [--requests 16 64 128] [--clients 1 8 32]
-       [--max-batch-size 16] [--batch-wait-s 0.01] [--json benchmarks/results/serve_cpu.json]
+       [--max-batch-size 16] [--batch-wait-s 0.01] [--rounds 3] [--json benchmarks/results/serve_cpu.json]
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def percentiles(xs: list[float]) -> dict:
     return {f"p{q}": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}
 
 
-async def load(base: str, data: bytes, clients: int, total: int) -> dict:
+async def load(base: str, data: bytes, clients: int, total: int, prefix: str = "") -> dict:
     """``total`` requests from ``clients`` concurrent clients; latencies and failures."""
     import httpx
 
@@ -53,7 +56,7 @@ async def load(base: str, data: bytes, clients: int, total: int) -> dict:
     async def client(http: httpx.AsyncClient):
         for i in todo:
             t0 = time.perf_counter()
-            r = await http.post("/v1/separate", files={"file": ("clip.wav", data)},
+            r = await http.post(f"{prefix}/v1/separate", files={"file": ("clip.wav", data)},
                                 data={"query": [f"sound {i % 4}"]})
             if r.status_code == 200:
                 lat.append(time.perf_counter() - t0)
@@ -68,18 +71,18 @@ async def load(base: str, data: bytes, clients: int, total: int) -> dict:
             "failures": failures[:3], "rps": round(len(lat) / wall, 2), **percentiles(lat)}
 
 
-async def requery(base: str, data: bytes, repeats: int) -> dict:
+async def requery(base: str, data: bytes, repeats: int, prefix: str = "") -> dict:
     import httpx
 
     firsts, agains = [], []
     async with httpx.AsyncClient(base_url=base, timeout=300) as http:
         for i in range(repeats):
             t0 = time.perf_counter()
-            r = await http.post("/v1/separate", files={"file": ("clip.wav", data)}, data={"query": ["dog barking"]})
+            r = await http.post(f"{prefix}/v1/separate", files={"file": ("clip.wav", data)}, data={"query": [f"dog barking {i}"]})
             firsts.append(time.perf_counter() - t0)
             sid = r.headers["x-separation-id"]
             t0 = time.perf_counter()
-            r2 = await http.post(f"/v1/separations/{sid}", json={"queries": [f"rain {i}"]})
+            r2 = await http.post(f"{prefix}/v1/separations/{sid}", json={"queries": [f"rain {i}"]})
             agains.append(time.perf_counter() - t0)
             assert r.status_code == r2.status_code == 200, (r.text, r2.text)
     first, again = float(np.median(firsts)), float(np.median(agains))
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-wait-s", type=float, default=0.01)
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the model replica")
     ap.add_argument("--requery-repeats", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="on/off alternations per client level")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -120,39 +124,54 @@ def main(argv=None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    init_ray(num_cpus=os.cpu_count() or 2, dashboard=False, log_to_driver=False)
+    # Both applications live side by side: 2 x (replica + ingress) logical CPUs, whatever the
+    # box has; only the one under load uses the cores.
+    need = 2 * (args.num_cpus + 0.5) + 0.5
+    init_ray(num_cpus=max(os.cpu_count() or 2, int(np.ceil(need))), log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     out = {"machine": machine(), "preset": args.preset, "clip_s": SECONDS, "input_sr": SR,
-           "batch_wait_s": args.batch_wait_s, "runs": []}
+           "batch_wait_s": args.batch_wait_s, "rounds": args.rounds, "runs": [], "rounds_raw": []}
+    sizes = {"on": args.max_batch_size, "off": 1}
     try:
-        for mode, size in (("on", args.max_batch_size), ("off", 1)):
+        for mode, size in sizes.items():
             serve.run(build_app({"checkpoint": ckpt, "device": "cpu", "num_cpus": args.num_cpus, "ingress_cpus": 0.5,
                                  "max_batch_size": size, "batch_wait_s": args.batch_wait_s,
                                  "max_ongoing_requests": max(8, 2 * args.max_batch_size),
-                                 "max_queued_requests": 256}), name="clipsep", route_prefix="/")
-            asyncio.run(load(base, data, 1, 3))  # warm-up: first calls allocate
-            for clients, total in zip(args.clients, args.requests):
-                row = {"batching": mode, "max_batch_size": size, **asyncio.run(load(base, data, clients, total))}
-                import httpx
+                                 "max_queued_requests": 256}), name=mode, route_prefix=f"/{mode}")
+            asyncio.run(load(base, data, 1, 3, f"/{mode}"))  # warm-up: first calls allocate
+        import httpx
 
-                row["batches"] = httpx.get(base + "/v1/info", timeout=60).json()["batching"]
-                out["runs"].append(row)
-                print(json.dumps(row), flush=True)
-            if mode == "on":
-                out["requery"] = asyncio.run(requery(base, data, args.requery_repeats))
-                print(json.dumps(out["requery"]), flush=True)
-            serve.delete("clipsep")
+        for clients, total in zip(args.clients, args.requests):
+            for rnd in range(args.rounds):
+                for mode in sizes:
+                    row = {"batching": mode, "round": rnd, **asyncio.run(load(base, data, clients, total, f"/{mode}"))}
+                    out["rounds_raw"].append(row)
+                    print(json.dumps(row), flush=True)
+            for mode in sizes:
+                rows = [r for r in out["rounds_raw"] if r["batching"] == mode and r["clients"] == clients]
+                merged = {"batching": mode, "max_batch_size": sizes[mode], "clients": clients,
+                          "requests": sum(r["requests"] for r in rows), "failed": sum(r["failed"] for r in rows),
+                          **{k: round(float(np.median([r[k] for r in rows])), 2 if k == "rps" else 1)
+                             for k in ("rps", "p50", "p95", "p99")},
+                          "rps_min": min(r["rps"] for r in rows), "rps_max": max(r["rps"] for r in rows),
+                          "batches": httpx.get(f"{base}/{mode}/v1/info", timeout=60).json()["batching"]}
+                out["runs"].append(merged)
+        out["requery"] = asyncio.run(requery(base, data, args.requery_repeats, "/on"))
+        print(json.dumps(out["requery"]), flush=True)
     finally:
         serve.shutdown()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
-    print("| batching | clients | requests | failed | req/s | p50 ms | p95 ms | p99 ms |")
+    print("| batching | clients | requests | failed | req/s (min-max) | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in out["runs"]:
-        print(f"| {r['batching']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']} | {r['p50']} | "
-              f"{r['p95']} | {r['p99']} |")
+        print(f"| {r['batching']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']} "
+              f"({r['rps_min']}-{r['rps_max']}) | {r['p50']} | {r['p95']} | {r['p99']} |")
+    for c in args.clients:
+        on, off = ([r for r in out["runs"] if r["clients"] == c and r["batching"] == m][0] for m in sizes)
+        print(f"{c} clients: batching {on['rps'] / off['rps']:.2f}x req/s, p50 {on['p50'] - off['p50']:+.0f} ms")
     rq = out["requery"]
     print(f"re-query {rq['requery_ms']} ms vs first request {rq['first_ms']} ms ({rq['ratio']:.0%})")
     return 0

@@ -80,6 +80,10 @@ class ModelConfig:
     # "pytorch": PyTorch's default (Kaiming-uniform) init, which learns ~3x faster in a
     # few hundred steps (docs/DECISIONS.md; the CPU-sized `tiny` preset uses it).
     init: str = "published"
+    # Scale every query embedding to norm sqrt(embed_dim) before the projection (False: the raw
+    # embedding, as published). CLIP compares directions; norms differ between modalities: on
+    # the synthetic world a class's text embedding is 0.34-1.75x its pictures' norm at cosine 0.82-0.87.
+    normalize_queries: bool = False
 
 
 @dataclass

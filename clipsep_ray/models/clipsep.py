@@ -68,19 +68,22 @@ class CLIPSep(MaskNet):
     text_queries = True
 
     def __init__(self, unet_depth: int = 7, unet_width: int = 64, num_masks: int = 32, embed_dim: int = 512,
-                 noise_heads: int = 0, channels_last: bool = True, init: str = "published"):
+                 noise_heads: int = 0, channels_last: bool = True, init: str = "published",
+                 normalize_queries: bool = False):
         super().__init__(unet_depth, unet_width, num_masks, channels_last)
         self.query_proj = nn.Linear(embed_dim, num_masks)
         self.noise_proj = nn.ModuleList(nn.Linear(num_masks, num_masks) for _ in range(noise_heads))
         self.fusion_weight = nn.Parameter(torch.ones(num_masks))
         self.fusion_bias = nn.Parameter(torch.zeros(1))
         self.embed_dim, self.num_masks, self.noise_heads = embed_dim, num_masks, noise_heads
+        self.normalize_queries = normalize_queries
         if init == "published":
             init_weights(self)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "CLIPSep":
-        return cls(**_common(cfg), num_masks=cfg.num_masks, embed_dim=cfg.embed_dim, noise_heads=cfg.noise_heads)
+        return cls(**_common(cfg), num_masks=cfg.num_masks, embed_dim=cfg.embed_dim, noise_heads=cfg.noise_heads,
+                   normalize_queries=cfg.normalize_queries)
 
     @classmethod
     def method_name(cls, cfg: ModelConfig, train_mode: str) -> str:
@@ -99,7 +102,10 @@ class CLIPSep(MaskNet):
         """(..., D) raw query embeddings -> (..., k) pre-sigmoid projections."""
         if embeddings.shape[-1] != self.embed_dim:
             raise ValueError(f"query embeddings have size {embeddings.shape[-1]}, the model expects {self.embed_dim}")
-        return self.query_proj(embeddings.to(self.query_proj.weight.dtype))
+        e = embeddings.to(self.query_proj.weight.dtype)
+        if self.normalize_queries:
+            e = nn.functional.normalize(e, dim=-1) * self.embed_dim ** 0.5
+        return self.query_proj(e)
 
     def fuse(self, features: Tensor, projections: Tensor) -> Tensor:
         """Features (B, k, F, N), projections (B, Q, k) or (Q, k) -> mask logits (B, Q, F, N)."""

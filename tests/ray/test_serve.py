@@ -166,6 +166,37 @@ def test_requery_equals_a_fresh_request_and_unknown_id_is_404(server):
     _error(client.post(f"/v1/separations/{sid}", json={"queries": []}), 422, "no_query")
 
 
+def test_requery_with_two_replicas_reaches_the_replica_that_holds_the_upload(server, tiny_checkpoint):
+    """Each upload's features live in one replica; re-queries of uploads held by either replica
+    all succeed and equal a fresh request (the multiplexed id routes them; a miss is retried)."""
+    from ray import serve
+
+    from clipsep_ray.serve.app import build_app
+
+    client, _ = server
+    serve.run(build_app({"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.2, "ingress_cpus": 0.1,
+                         "replicas": 2}), name="multi", route_prefix="/multi")
+    try:
+        data = _wav(_tone(8000, 1.5, seed=11), 8000)
+        held: dict[str, str] = {}  # replica tag -> an id it holds
+        for _ in range(24):
+            resp = _separate(client, data, ["dog"], path="/multi/v1/separate", residual="false")
+            assert resp.status_code == 200, resp.text
+            sid = resp.headers["x-separation-id"]
+            held.setdefault(sid.split(".")[0], sid)
+            if len(held) == 2:
+                break
+        assert len(held) == 2, f"24 uploads all went to one replica: {held}"
+        fresh = _zip(_separate(client, data, ["rain", "dog"], path="/multi/v1/separate"))
+        for sid in held.values():
+            for _ in range(4):  # every re-query, not a lucky one
+                again = _zip(client.post(f"/multi/v1/separations/{sid}", json={"queries": ["rain", "dog"]}))
+                for name in fresh:
+                    assert np.abs(again[name][0] - fresh[name][0]).max() <= LSB
+    finally:
+        serve.delete("multi")
+
+
 def test_upload_limits(server):
     client, _ = server
     big = b"\0" * (9 * 2**20)

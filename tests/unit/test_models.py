@@ -104,3 +104,17 @@ def test_init_choice_published_vs_pytorch():
     assert float(next(m for m in pt.modules() if isinstance(m, torch.nn.Conv2d)).weight.std()) > 1e-2
     with pytest.raises(ConfigError, match="model.init"):
         load_config("tiny", ["model.init=xavier"])
+
+
+def test_normalize_queries_makes_the_projection_ignore_the_embedding_norm():
+    torch.manual_seed(0)
+    e = torch.randn(2, 3, 128) * 5
+    raw = build_model(load_config("tiny").model)
+    unit = build_model(load_config("tiny", ["model.normalize_queries=true"]).model)
+    # Off (as published): scaling a query changes its projection; on: only its direction counts.
+    assert (raw.project(e * 0.3) - raw.project(e)).abs().max() > 1e-2
+    assert torch.allclose(unit.project(e * 0.3), unit.project(e), atol=1e-5)
+    assert torch.allclose(unit.project(e), unit.query_proj(torch.nn.functional.normalize(e, dim=-1) * 128 ** 0.5))
+    # The option travels in the config, so a checkpoint rebuilds the same model.
+    from clipsep_ray.models.clipsep import CLIPSep
+    assert CLIPSep.from_config(load_config("tiny", ["model.normalize_queries=true"]).model).normalize_queries
