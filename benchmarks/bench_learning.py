@@ -4,7 +4,8 @@ Which settings learn fastest per second of CPU? This trains the ``tiny`` preset 
 in-process, without Ray, on the rows of an embedded shard set held in memory (fresh random
 windows for every pass, as the Ray input does), with the same ``train_step``, optimiser and
 schedule as the training driver, and scores the validation clips every ``--eval-every`` steps
-with ``evaluate_rows`` (soft masks, fp32, the training prompt for text queries). It leaves out
+with ``evaluate_rows`` (soft masks, fp32, the training prompt for text queries, or with
+``--ensemble`` the prompt ensemble the test-set evaluation uses). It leaves out
 what the Ray run adds (data-plane tasks, DDP, checkpoints), so compare settings with it and
 take the demo's figures from the demo.
 
@@ -44,6 +45,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=None, help="append the curve as JSON lines")
     p.add_argument("--ema", type=float, nargs="*", default=[],
                    help="also score moving averages of the weights with these decays, on the same trajectory")
+    p.add_argument("--ensemble", action="store_true",
+                   help="score text queries with the prompt-ensemble embedding (as the evaluation on the test set "
+                        "does) instead of the training prompt")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     cfg = load_config(args.preset, [f"train.max_steps={args.steps}", f"train.decay_steps={args.steps}"]
@@ -53,7 +57,8 @@ def main(argv=None) -> list[dict]:
     table = pa.concat_tables([schema.read_shard(f, READ_COLUMNS, None) for f in files])
     prep, rng = RowPrep.from_config(cfg), np.random.default_rng(cfg.train.seed)
     passes = [prep.prepare(table, "train", rng)[0] for _ in range(args.passes)]
-    val = eval_rows(f"{data}/val", cfg, text_embeddings=f"{data}/train/_text_embeddings.parquet", ensemble=False)
+    val = eval_rows(f"{data}/val", cfg, text_embeddings=f"{data}/train/_text_embeddings.parquet",
+                    ensemble=args.ensemble)
     pairs = eval_pairs(len(val["audio"]), labels=val.get("label"))
 
     torch.manual_seed(cfg.train.seed)
@@ -85,6 +90,7 @@ def main(argv=None) -> list[dict]:
                                 for r in evaluate_rows(average.model, cfg, val, pairs, bounds=False)[0]]
                 point = {"step": step, "train_s": round(train_s, 1), "s_per_step": round(train_s / step, 3),
                          "loss": round(metrics["loss"], 4), "overrides": args.overrides, "precision": args.precision,
+                         "text_prompt": "ensemble" if args.ensemble else "template",
                          "val_clips": len(val["audio"]), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                          **{f"sdri_{r['method'] if r['method'] in BOUND_METHODS else r['query_kind']}":
                             round(r["sdri_mean"], 2) for r in summary}}

@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--batch-wait-s", type=float, default=0.01)
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the model replica")
+    ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs of the model replica (with --device cuda)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--requery-repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="on/off alternations per client level")
     ap.add_argument("--json", default=None)
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
     sizes = {"on": args.max_batch_size, "off": 1}
     try:
         for mode, size in sizes.items():
-            serve.run(build_app({"checkpoint": ckpt, "device": "cpu", "num_cpus": args.num_cpus, "ingress_cpus": 0.5,
+            serve.run(build_app({"checkpoint": ckpt, "device": args.device, "num_cpus": args.num_cpus,
+                                 "num_gpus": args.num_gpus, "ingress_cpus": 0.5,
                                  "max_batch_size": size, "batch_wait_s": args.batch_wait_s,
                                  "max_ongoing_requests": max(8, 2 * args.max_batch_size),
                                  "max_queued_requests": 256}), name=mode, route_prefix=f"/{mode}")
