@@ -25,7 +25,7 @@ def _log(msg: str) -> None:
 
 
 def run_demo(out: str = "demo-out", *, storage: str | None = None, address: str | None = None, clips: int = 360,
-             test_clips: int = 60, steps: int = 1800, workers: int = 2, clip_steps: int | None = None,
+             test_clips: int = 60, steps: int = 2100, workers: int = 2, clip_steps: int | None = None,
              clip_pictures: int | None = None, examples: int = 3, seed: int = 0,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The whole flow (see the module docstring); returns what ``OUT/demo.json`` holds."""

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_address(p)
     p.add_argument("--clips", type=int, default=360, help="training videos in the synthetic world")
     p.add_argument("--test-clips", type=int, default=60, help="test (and validation) videos")
-    p.add_argument("--steps", type=int, default=1800, help="training steps (global batch: the tiny preset's 32)")
+    p.add_argument("--steps", type=int, default=2100, help="training steps (global batch: the tiny preset's 32)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--clip-steps", type=int, default=None, help="small-CLIP training steps (default: its own)")
     p.add_argument("--clip-pictures", type=int, default=None,

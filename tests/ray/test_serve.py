@@ -188,6 +188,7 @@ def test_requery_with_two_replicas_reaches_the_replica_that_holds_the_upload(ser
                 break
         assert len(held) == 2, f"24 uploads all went to one replica: {held}"
         fresh = _zip(_separate(client, data, ["rain", "dog"], path="/multi/v1/separate"))
+        time.sleep(1.0)  # routers learn which replica holds an id from Serve's controller, asynchronously
         for sid in held.values():
             for _ in range(4):  # every re-query, not a lucky one
                 again = _zip(client.post(f"/multi/v1/separations/{sid}", json={"queries": ["rain", "dog"]}))
