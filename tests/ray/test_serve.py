@@ -168,7 +168,9 @@ def test_requery_equals_a_fresh_request_and_unknown_id_is_404(server):
 
 def test_requery_with_two_replicas_reaches_the_replica_that_holds_the_upload(server, tiny_checkpoint):
     """Each upload's features live in one replica; re-queries of uploads held by either replica
-    all succeed and equal a fresh request (the multiplexed id routes them; a miss is retried)."""
+    all succeed and equal that replica's fresh answer (the multiplexed id routes them; a miss is
+    retried). Compared per replica: the test checkpoint's text tower is randomly initialised in
+    each replica, so two replicas embed a text differently."""
     from ray import serve
 
     from clipsep_ray.serve.app import build_app
@@ -178,20 +180,19 @@ def test_requery_with_two_replicas_reaches_the_replica_that_holds_the_upload(ser
                          "replicas": 2}), name="multi", route_prefix="/multi")
     try:
         data = _wav(_tone(8000, 1.5, seed=11), 8000)
-        held: dict[str, str] = {}  # replica tag -> an id it holds
+        held: dict[str, tuple[str, dict]] = {}  # replica tag -> (an id it holds, its fresh answer)
         for _ in range(24):
-            resp = _separate(client, data, ["dog"], path="/multi/v1/separate", residual="false")
-            assert resp.status_code == 200, resp.text
+            resp = _separate(client, data, ["rain", "dog"], path="/multi/v1/separate")
             sid = resp.headers["x-separation-id"]
-            held.setdefault(sid.split(".")[0], sid)
+            held.setdefault(sid.split(".")[0], (sid, _zip(resp)))
             if len(held) == 2:
                 break
-        assert len(held) == 2, f"24 uploads all went to one replica: {held}"
-        fresh = _zip(_separate(client, data, ["rain", "dog"], path="/multi/v1/separate"))
+        assert len(held) == 2, f"24 uploads all went to one replica: {sorted(held)}"
         time.sleep(1.0)  # routers learn which replica holds an id from Serve's controller, asynchronously
-        for sid in held.values():
+        for sid, fresh in held.values():
             for _ in range(4):  # every re-query, not a lucky one
-                again = _zip(client.post(f"/multi/v1/separations/{sid}", json={"queries": ["rain", "dog"]}))
+                again = _zip(client.post(f"/multi/v1/separations/{sid}", json={"queries": ["dog", "rain"]}))
+                assert set(again) == set(fresh) == {"rain.wav", "dog.wav", "residual.wav"}
                 for name in fresh:
                     assert np.abs(again[name][0] - fresh[name][0]).max() <= LSB
     finally:
