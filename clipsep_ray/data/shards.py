@@ -369,7 +369,10 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) \
         if min_rows_per_pass > 0 and small else 1
     columns = READ_COLUMNS + (["label"] if text_embeddings else [])
-    ds = ray.data.read_parquet(paths, filesystem=fs,
+    # The read tasks take the row-preparation tasks' fractional CPUs, not Ray's default of 1: in a
+    # sweep on 2 CPUs the trial and its Train workers reserve 1.1 CPUs in placement groups, and
+    # 1-CPU read tasks then waited for ever (the CI run of 2026-12-04 hung there).
+    ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": prep_cpus},
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)
     ds = ds.select_columns(columns)  # pushed down into the Parquet read: JPEG frames are never read
     cached = cache_mb > 0 and small and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
