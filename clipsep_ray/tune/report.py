@@ -77,11 +77,13 @@ def overhead(study, rows: list[dict]) -> dict[str, float | None]:
             "overhead_frac": round(wall / trials - 1.0, 3) if wall and trials else None}
 
 
-def best_config(study) -> tuple[Config, Any] | tuple[None, None]:
-    """The best trial's resolved config (named ``<study>-best``), or (None, None) without one."""
+def best_config(study, where=None) -> tuple[Config, Any] | tuple[None, None]:
+    """The best trial's resolved config (named ``<study>-best``), or (None, None) without one.
+    ``where`` (a predicate on a trial's params) restricts the choice, e.g. to NIT trials."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if st.finite(t.value)]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if st.finite(t.value) and (where is None or where(t.params))]
     if not done:
         return None, None
     maximize = study.user_attrs.get("sweep", {}).get("objective", {}).get("mode", "max") == "max"
