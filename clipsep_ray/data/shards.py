@@ -340,7 +340,8 @@ def split_shards(uri, val_fraction: float = 0.1, seed: int = 0, endpoint: str | 
 def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats | None = None,
                      text_embeddings: str | None = None, endpoint: str | None = None,
                      prep_batch_size: int | None = None, shuffle_files: bool = True, block_mb: float = 16,
-                     min_rows_per_pass: int = 0, prep_cpus: float = 1.0, cache_mb: float = 0):
+                     min_rows_per_pass: int = 0, prep_cpus: float = 1.0, cache_mb: float = 0,
+                     planned_rows: int = 0):
     """Shards (a folder/prefix, one file or a list of URIs) -> a lazy, streaming ``ray.data.Dataset``.
 
     Only the needed columns are read (not the JPEG frames); every row gets a fresh
@@ -357,6 +358,11 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     ``ceil(min_rows_per_pass / rows)`` times (rows from the Parquet footers), so one iteration
     covers several epochs, each with fresh random windows: a pass restarts the streaming
     pipeline, too often for a data set of a few hundred clips.
+
+    ``planned_rows`` > 0 with a set that fits ``cache_mb``: one pass of exactly that many
+    rows, planned in advance (:func:`planned_dataset`), so the rows, their windows and their
+    order depend on ``split_seed`` alone; ``min_rows_per_pass`` and ``shuffle_files`` then
+    do not apply.
     """
     import ray
     from ray.data import FileShuffleConfig
@@ -366,29 +372,107 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     # Listings per pass (Ray Data reads a path given twice only once: repeat by union). Only
     # small sets are inspected: each footer or size is one request, and many shards mean many rows.
     small = len(paths) <= SMALL_SET_FILES
+    columns = READ_COLUMNS + (["label"] if text_embeddings else [])
+    cached = cache_mb > 0 and small and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
+    prep_kwargs = {"cfg": cfg, "mode": "train", "seed": int(split_seed), "stats": stats,
+                   "text_uri": text_embeddings, "endpoint": endpoint}
+    if cached and planned_rows > 0:
+        return planned_dataset(uri, columns, planned_rows, prep_kwargs, endpoint=endpoint, block_mb=block_mb,
+                               prep_cpus=prep_cpus)
     listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) \
         if min_rows_per_pass > 0 and small else 1
-    columns = READ_COLUMNS + (["label"] if text_embeddings else [])
     # The read tasks take the row-preparation tasks' fractional CPUs, not Ray's default of 1: in a
     # sweep on 2 CPUs the trial and its Train workers reserve 1.1 CPUs in placement groups, and
     # 1-CPU read tasks then waited for ever (the CI run of 2026-12-04 hung there).
     ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": prep_cpus},
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)
     ds = ds.select_columns(columns)  # pushed down into the Parquet read: JPEG frames are never read
-    cached = cache_mb > 0 and small and _total_bytes(paths, fs) <= cache_mb * (1 << 20)
     if cached:
         ds = ds.materialize()  # the raw columns, once; the copies below share its blocks
     if listings > 1:
         ds = ds.union(*[ds] * (listings - 1))
     if cached:
         ds = ds.randomize_block_order()
-    ds = ds.map_batches(_prep_batch, batch_format="pyarrow", batch_size=prep_batch_size,
-                        fn_kwargs={"cfg": cfg, "mode": "train", "seed": int(split_seed), "stats": stats,
-                                   "text_uri": text_embeddings, "endpoint": endpoint}, num_cpus=prep_cpus)
+    ds = ds.map_batches(_prep_batch, batch_format="pyarrow", batch_size=prep_batch_size, fn_kwargs=prep_kwargs,
+                        num_cpus=prep_cpus)
     # Smaller blocks than Ray's 128 MB default (this pipeline's context only): a paper row is
     # 256 KB of float32, so the first batches arrive sooner and the stages overlap (measured ~1.5x).
     ds.context.target_max_block_size = int(block_mb * (1 << 20))
     return ds
+
+
+# -- a planned pass: the same rows, windows and order for the same seed ------------------------
+@functools.lru_cache(maxsize=8)
+def pass_order(seed: int, index: int, rows: int) -> np.ndarray:
+    """The row order of pass ``index`` over ``rows`` rows: a seeded permutation."""
+    return np.random.default_rng([seed, 2, index]).permutation(rows)
+
+
+def plan_rows(positions: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """Positions 0, 1, ... of a planned pass -> row numbers: each run of ``rows`` positions
+    visits every row once, in the order :func:`pass_order` gives."""
+    positions = np.asarray(positions, np.int64)
+    out = np.empty_like(positions)
+    for p in np.unique(positions // rows):
+        sel = positions // rows == p
+        out[sel] = pass_order(seed, int(p), rows)[positions[sel] % rows]
+    return out
+
+
+def _planned_batch(batch: dict, table, cfg: Config, mode: str, seed: int, stats: PrepStats | None,
+                   text_uri: str | None, endpoint: str | None) -> dict:
+    """Ray Data UDF of a planned pass: positions {"id"} -> prepared rows; the windows' random
+    centres are seeded by the block's first position, so they do not depend on the process."""
+    import ray
+
+    table = ray.get(table[0])
+    positions = np.asarray(batch["id"], np.int64)
+    chosen = table.take(plan_rows(positions, table.num_rows, seed))
+    prep = RowPrep.from_config(cfg, cached_text_embeddings(text_uri, False, endpoint), mode)
+    out, failures = prep.prepare(chosen, mode, np.random.default_rng([seed, 3, int(positions[0])]))
+    for clip, source, reason in failures[:5]:
+        log.warning("skipping clip %s of %s: %s", clip, source, reason)
+    if stats is not None:
+        stats.add(len(out["clip_index"]), failures)
+    return out
+
+
+def planned_dataset(uri, columns: list[str], rows: int, prep_kwargs: dict, *, endpoint: str | None = None,
+                    block_mb: float = 16, prep_cpus: float = 0.25):
+    """A pass of ``rows`` training rows from a small set, decided by the seed alone.
+
+    The shards' columns are read once, sorted by clip id and put in the object store; a pass
+    is the positions 0 .. rows - 1, each run of (set size) positions a seeded permutation of
+    the set (a shuffled epoch), cut into blocks of about ``block_mb``. Iterated with
+    ``preserve_order`` (:func:`ingest_options`), Ray Train's equal split hands the same blocks
+    to the same workers on every run, so ``train.seed`` repeats a run. The whole run is one
+    pass: no pipeline restarts between epochs.
+    """
+    import pyarrow as pa
+    import ray
+
+    tables = [schema.read_shard(f, columns, endpoint) for f in schema.list_shards(uri, endpoint)]
+    table = pa.concat_tables(tables)
+    if table.num_rows == 0:
+        raise FileNotFoundError(f"no rows in shards under {uri}")
+    table = table.take(pa.compute.sort_indices(table, [("clip_id", "ascending")]))
+    row_bytes = 4 * (prep_kwargs["cfg"].audio.clip_samples + 2 * (prep_kwargs["cfg"].model.embed_dim or 512))
+    per_block = int(min(1024, max(16, block_mb * (1 << 20) // row_bytes)))
+    ds = ray.data.range(rows, override_num_blocks=max(1, math.ceil(rows / per_block)))
+    ds = ds.map_batches(_planned_batch, batch_format="numpy", batch_size=None, num_cpus=prep_cpus,
+                        fn_kwargs={"table": [ray.put(table)], **prep_kwargs})
+    ds.context.execution_options.preserve_order = True  # read by ingest_options(): this pass is ordered
+    return ds
+
+
+def ingest_options(ds):
+    """Ray Data options of the training pass in Ray Train (which replaces the dataset's own):
+    the defaults, and the blocks in order for a planned pass, so that the split repeats."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = bool(ds.context.execution_options.preserve_order)
+    return options
 
 
 def iter_training_batches(ds, batch_size: int, shuffle_buffer: int | None = None, *, device="auto",

@@ -51,6 +51,12 @@ def ray_storage(path: str, endpoint: str | None):
     return (os.path.abspath(path) if "://" not in path else path), None
 
 
+def planned_rows(cfg: Config) -> int:
+    """Rows of a planned training pass (0: stream): every step's batch, and a few batches to
+    spare for rows that fail to prepare (a short pass restarts from its first row)."""
+    return (cfg.train.max_steps + 4) * cfg.train.batch_size if cfg.data.planned_pass else 0
+
+
 def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = (),
           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics.
@@ -62,7 +68,7 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
     from ray.train.torch import TorchTrainer
 
     from clipsep_ray.data.schema import text_embeddings_uri
-    from clipsep_ray.data.shards import PrepStats, split_shards, training_dataset
+    from clipsep_ray.data.shards import PrepStats, ingest_options, split_shards, training_dataset
     from clipsep_ray.models.registry import model_class
     from clipsep_ray.runtime import cluster_cpus, init_ray, worker_thread_env
     from clipsep_ray.train.worker import train_loop_per_worker
@@ -87,14 +93,14 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,
                           text_embeddings=text_uri if needs_text else None,
                           min_rows_per_pass=cfg.data.min_rows_per_pass, prep_cpus=cfg.data.prep_cpus,
-                          cache_mb=cfg.data.cache_mb)
+                          cache_mb=cfg.data.cache_mb, planned_rows=planned_rows(cfg))
     val = validation_set(cfg, val_src, text_uri) if cfg.data.val_clips > 0 and val_src else None
     storage_path, fs = ray_storage(cfg.run.storage_path, endpoint)
     workers = cfg.train.num_workers
     threads = max(1, int(cluster_cpus() // max(1, workers)))
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": cfg.to_dict(), "val": val, "hooks": list(hooks)},
-        datasets={"train": ds},
+        datasets={"train": ds}, dataset_config=ray.train.DataConfig(execution_options={"train": ingest_options(ds)}),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=ray.train.RunConfig(

@@ -166,8 +166,11 @@ def batches(shard, w: Worker, meter: Meter) -> Iterator[dict]:
     waiting for data goes to ``meter``."""
     tc = w.cfg.train
     while w.step < tc.max_steps:
+        # A seeded shuffle buffer: with a planned pass (data.planned_pass) the run then repeats.
         it = iter(shard.iter_torch_batches(batch_size=w.per_worker_batch, drop_last=True, device=w.device,
-                                           local_shuffle_buffer_size=tc.shuffle_buffer or None, prefetch_batches=16))
+                                           local_shuffle_buffer_size=tc.shuffle_buffer or None,
+                                           local_shuffle_seed=tc.seed * 1000 + w.rank + 7919 * w.step,
+                                           prefetch_batches=16))
         pass_start = w.step
         while w.step < tc.max_steps:
             t = time.perf_counter()

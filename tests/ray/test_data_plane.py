@@ -317,6 +317,23 @@ def test_small_data_set_is_cached_and_every_pass_prepares_all_rows(embedded, cfg
         streamed.take_all()
 
 
+def test_planned_pass_repeats_for_a_seed(embedded, cfg):
+    """data.planned_pass: the rows, their windows and their order are the seed's alone; each
+    epoch (N_CLIPS positions) holds every clip once."""
+    out, _, _ = embedded
+
+    def rows(seed):
+        ds = training_dataset(out, cfg, split_seed=seed, cache_mb=64, planned_rows=3 * N_CLIPS)
+        assert ds.context.execution_options.preserve_order
+        return [(int(r["clip_index"]), r["audio"].tobytes()) for r in ds.iter_rows()]
+
+    first, again, other = rows(0), rows(0), rows(1)
+    assert len(first) == 3 * N_CLIPS and first == again
+    assert [c for c, _ in first] != [c for c, _ in other]
+    for epoch in range(3):
+        assert len({c for c, _ in first[epoch * N_CLIPS:(epoch + 1) * N_CLIPS]}) == N_CLIPS
+
+
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
     out, _, _ = embedded
     table = _rows(out)
