@@ -4,8 +4,8 @@
         [--steps 1500] [--workers 2] [--out bench-nit]
 
 From the study (``clipsep-ray tune`` with ``tuning/nit-noisy.yaml``) it takes the best trial with
-``model.noise_heads > 0`` (CLIPSep-NIT) and the best with ``model.noise_heads == 0`` (CLIPSep),
-retrains both from scratch for ``--steps`` steps (the learning-rate schedule ends there for
+``model.noise_heads > 0`` (CLIPSep-NIT) and the same configuration with ``model.noise_heads`` 0
+(CLIPSep: without noise heads the regulariser and warm-up do nothing), retrains both from scratch for ``--steps`` steps (the learning-rate schedule ends there for
 both), keeps each run's validation-best checkpoint and scores both on the same test mixtures
 with the evaluation protocol. The comparison is paired: for every test mixture (a target clip
 and its query kind) the SDRi of NIT minus that of CLIPSep; the mean difference, its standard
@@ -58,11 +58,12 @@ def main(argv=None) -> dict:
     study = st.load_study(st.open_storage(st.study_url(root, args.study_storage)), args.study)
     out = os.path.abspath(args.out)
     runs, result = {}, {"study": args.study, "steps": args.steps, "workers": args.workers}
-    for name, where in (("nit", lambda p: p.get("model.noise_heads", 0) > 0),
-                        ("no-nit", lambda p: p.get("model.noise_heads", 0) == 0)):
-        cfg, best = best_config(study, where)
-        if cfg is None:
-            raise SystemExit(f"study {args.study!r} has no complete {name} trial")
+    cfg_nit, best = best_config(study, lambda p: p.get("model.noise_heads", 0) > 0)
+    if cfg_nit is None:
+        raise SystemExit(f"study {args.study!r} has no complete trial with noise heads")
+    # Without noise heads the other NIT knobs (regulariser, warm-up) do nothing: the best no-NIT
+    # configuration is the same one with model.noise_heads 0, whichever trials the sweep drew.
+    for name, cfg in (("nit", cfg_nit), ("no-nit", cfg_nit.override({"model.noise_heads": 0}))):
         cfg = cfg.override({"train.max_steps": args.steps, "train.decay_steps": args.steps,
                             "train.num_workers": args.workers, "run.name": f"{args.study}-{name}",
                             "run.storage_path": f"{out}/runs"}).validate()
@@ -74,7 +75,8 @@ def main(argv=None) -> dict:
             _copy_checkpoint(summary["best_checkpoint"] or summary["latest_checkpoint"], ckpt)
             rows = evaluate_checkpoint(ckpt, args.test_uri, os.path.join(out, name), train_data="noisy").summary
             with open(done_file, "w") as fh:
-                json.dump({"trial": best.number, "params": best.params, "sweep_value": best.value,
+                json.dump({"trial": best.number, "params": {**best.params, "model.noise_heads": cfg.model.noise_heads},
+                       "sweep_value": best.value if cfg.model.noise_heads else None,
                            "train_eval_s": round(time.time() - t0, 1), "summary": rows}, fh, indent=1)
         with open(done_file) as fh:
             runs[name] = json.load(fh)
