@@ -211,6 +211,19 @@ def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None
         ray.train.report(result, checkpoint=checkpoint, checkpoint_dir_name=f"step_{w.step:08d}")
 
 
+def quiet_report_log() -> None:
+    """Ray Train logs every ``report`` of every worker at INFO ("Reporting training result N:
+    TrainingReport(...)", a few hundred characters: 12 such lines in a demo run); our own line
+    per validation says the same. Warnings and errors of that logger still show."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: leave its logging alone
+        return
+    getattr(context, "logger", logging.getLogger(context.__file__)).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: stream the "train" shard, mix on the device, step, report checkpoints.
 
@@ -219,6 +232,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """
     import ray.train
 
+    quiet_report_log()
     w = setup(Config.from_dict(loop_config["config"]))
     tc = w.cfg.train
     val, hooks = loop_config.get("val"), loop_config.get("hooks") or ()

@@ -37,3 +37,5 @@ def test_train_terminal_shows_each_report_once(tmp_path):
     reports = Counter(m.group(1) for m in re.finditer(r"\[train\] step (\d+): loss", plain))
     assert reports == Counter({"4": 1, "8": 1}), reports
     assert plain.count("Failed to query Ray Train Controller actor state") <= 1
+    # Ray Train's own INFO line per report and worker ("Reporting training result N: TrainingReport(...)")
+    assert "Reporting training result" not in plain
