@@ -408,6 +408,18 @@ class StreamingAudioWriter:
         self.close(commit=exc_type is None)
 
 
+def encode_audio(wave, sample_rate: int, format: str, subtype: str | None = None) -> bytes:
+    """``wave`` ``(T,)`` or ``(C, T)`` as the bytes of a ``format`` file (as :func:`write_audio`
+    would write it), in memory: for answers that never touch the disk."""
+    import io
+
+    fmt, subtype = _format_for(f"stem.{format}", format, subtype)
+    arr = _prepare(wave, subtype)
+    buf = io.BytesIO()
+    sf.write(buf, arr, int(sample_rate), format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
 def write_audio(dest, wave, sample_rate: int, format: str | None = None, subtype: str | None = None) -> None:
     """Write ``wave`` ``(T,)`` or ``(C, T)`` to ``dest`` atomically (see :class:`StreamingAudioWriter`).
 

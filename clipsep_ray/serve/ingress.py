@@ -129,28 +129,24 @@ class ClipSepIngress:
             raise ApiError(400, "undecodable_audio", f"the file does not decode: {exc.reason}") from None
         return np.concatenate(blocks), int(sr)
 
-    def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, folder: str,
-               upload_id: str) -> Response:
-        """One audio file (one query, no residual) or a zip of ``<query slug>.<ext>`` + ``residual.<ext>``."""
-        from clipsep_ray.audio.io import write_audio
+    def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, upload_id: str) -> Response:
+        """One audio file (one query, no residual) or a zip of ``<query slug>.<ext>`` + ``residual.<ext>``,
+        encoded in memory (no file is written for an answer)."""
+        from clipsep_ray.audio.io import encode_audio
         from clipsep_ray.separate import RESIDUAL, output_files
 
-        paths = output_files(folder, queries, fmt)
         names = list(queries) + ([RESIDUAL] if residual else [])
-        for n in names:
-            write_audio(paths[n], stems[n], sr, format=fmt)
-            self.area.reserve(folder, os.path.getsize(paths[n]))
+        files = {n: os.path.basename(path) for n, path in output_files("", queries, fmt).items()}
+        data = {n: encode_audio(stems[n], sr, fmt) for n in names}
         headers = {"X-Separation-Id": upload_id}
         if len(names) == 1:
-            with open(paths[names[0]], "rb") as fh:
-                data = fh.read()
-            headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(paths[names[0]])}"'
-            return Response(data, media_type=MEDIA[fmt], headers=headers)
+            headers["Content-Disposition"] = f'attachment; filename="{files[names[0]]}"'
+            return Response(data[names[0]], media_type=MEDIA[fmt], headers=headers)
         buf = io.BytesIO()
         # Stored, not deflated: PCM hardly compresses, and the web page reads the zip without a library.
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             for n in names:
-                zf.write(paths[n], os.path.basename(paths[n]))
+                zf.writestr(files[n], data[n])
         headers["Content-Disposition"] = 'attachment; filename="separation.zip"'
         return Response(buf.getvalue(), media_type="application/zip", headers=headers)
 
@@ -180,8 +176,7 @@ class ClipSepIngress:
             os.remove(path)
             result = await self.call("separate", wave, sr, queries)
             self.model_error(result)
-            return await asyncio.to_thread(self.answer, result["stems"], sr, queries, fmt, residual, folder,
-                                           result["id"])
+            return await asyncio.to_thread(self.answer, result["stems"], sr, queries, fmt, residual, result["id"])
         finally:
             self.area.remove(folder)
 
@@ -200,12 +195,8 @@ class ClipSepIngress:
             raise ApiError(404, "unknown_separation", f"no separation {upload_id!r} is kept (unknown or evicted): "
                                                       "upload the file again")
         self.model_error(result)
-        folder = self.area.request_dir()
-        try:
-            return await asyncio.to_thread(self.answer, result["stems"], result["sample_rate"], queries, fmt,
-                                           residual, folder, upload_id)
-        finally:
-            self.area.remove(folder)
+        return await asyncio.to_thread(self.answer, result["stems"], result["sample_rate"], queries, fmt, residual,
+                                       upload_id)
 
     @app.post("/v1/separate-uri")
     async def separate_uri(self, body: UriJob, request: Request):

@@ -5,6 +5,7 @@ All fixtures are generated in tmp_path (tiny signals, no network, no binary file
 
 from __future__ import annotations
 
+import io
 import os
 
 import av
@@ -393,3 +394,18 @@ def test_truncated_wav_is_an_error_not_a_shorter_file(tmp_path):
         assert len(r.read()) == 16000
     with pytest.raises(AudioDecodeError, match="half.wav.*truncated"):
         AudioReader(str(tmp_path / "half.wav"))
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_encode_audio_in_memory_matches_the_written_file(tmp_path, fmt):
+    from clipsep_ray.audio.io import encode_audio
+
+    wave = (np.random.default_rng(0).standard_normal((2, 1600)) * 0.2).astype(np.float32)
+    data = encode_audio(wave, 16000, fmt)
+    write_audio(str(tmp_path / f"a.{fmt}"), wave, 16000)
+    got, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    ref, _ = sf.read(str(tmp_path / f"a.{fmt}"), dtype="float32", always_2d=True)
+    assert sr == 16000 and got.shape == (1600, 2)
+    np.testing.assert_array_equal(got, ref)
+    with pytest.raises(ValueError, match="unsupported format"):
+        encode_audio(wave, 16000, "xyz")
