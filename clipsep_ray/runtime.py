@@ -40,11 +40,31 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_
 
     if ray.is_initialized():
         return False
+    quiet_progress_when_logged()
     target = ray_address(address)
     if target:
         ray.init(address=target, log_to_driver=log_to_driver, **kwargs)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=log_to_driver, **kwargs)
+    return True
+
+
+def quiet_progress_when_logged(stream=None) -> bool:
+    """No Ray Data progress bars when the output is not a terminal (a log file, a pipe, CI).
+
+    Ray Data's bars, drawn in its coordinator actors, reach a redirected driver log as cursor
+    movements: a 400-step sweep trial left 507 lines of "\\x1b[A" there, and the driver itself
+    logs a progress table every few seconds. The datasets made after this call inherit the
+    setting (each copies the driver's DataContext). Returns True when it turned them off.
+    """
+    import sys
+
+    from ray.data import DataContext
+
+    stream = stream or sys.stdout
+    if stream.isatty():
+        return False
+    DataContext.get_current().enable_progress_bars = False
     return True
 
 

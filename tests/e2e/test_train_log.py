@@ -39,3 +39,6 @@ def test_train_terminal_shows_each_report_once(tmp_path):
     assert plain.count("Failed to query Ray Train Controller actor state") <= 1
     # Ray Train's own INFO line per report and worker ("Reporting training result N: TrainingReport(...)")
     assert "Reporting training result" not in plain
+    # Output that is not a terminal gets no Ray Data progress bars (cursor movements in a log file)
+    # and no progress tables logged every few seconds (runtime.quiet_progress_when_logged).
+    assert "\x1b[A" not in out and "logging_progress" not in out
