@@ -74,7 +74,7 @@ async def load(base: str, data: bytes, clients: int, total: int, prefix: str = "
 async def requery(base: str, data: bytes, repeats: int, prefix: str = "") -> dict:
     import httpx
 
-    firsts, agains = [], []
+    firsts, agains, stages = [], [], {"first": [], "requery": []}
     async with httpx.AsyncClient(base_url=base, timeout=300) as http:
         for i in range(repeats):
             t0 = time.perf_counter()
@@ -85,9 +85,24 @@ async def requery(base: str, data: bytes, repeats: int, prefix: str = "") -> dic
             r2 = await http.post(f"{prefix}/v1/separations/{sid}", json={"queries": [f"rain {i}"]})
             agains.append(time.perf_counter() - t0)
             assert r.status_code == r2.status_code == 200, (r.text, r2.text)
+            stages["first"].append(server_timing(r.headers.get("server-timing", "")))
+            stages["requery"].append(server_timing(r2.headers.get("server-timing", "")))
     first, again = float(np.median(firsts)), float(np.median(agains))
     return {"first_ms": round(first * 1000, 1), "requery_ms": round(again * 1000, 1),
-            "ratio": round(again / first, 3), "repeats": repeats}
+            "ratio": round(again / first, 3), "repeats": repeats,
+            # medians of the Server-Timing stages (ms); "model" is the ingress's whole wait for the replica
+            "stages_ms": {kind: {k: round(float(np.median([t[k] for t in ts if k in t])), 1) for k in ts[0]}
+                          for kind, ts in stages.items() if ts and ts[0]}}
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing: decode;dur=1.2, model;dur=30.5`` -> {"decode": 1.2, "model": 30.5}."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        if name and rest.startswith("dur="):
+            out[name] = float(rest[4:])
+    return out
 
 
 def main(argv=None) -> int:
@@ -177,6 +192,8 @@ def main(argv=None) -> int:
         print(f"{c} clients: batching {on['rps'] / off['rps']:.2f}x req/s, p50 {on['p50'] - off['p50']:+.0f} ms")
     rq = out["requery"]
     print(f"re-query {rq['requery_ms']} ms vs first request {rq['first_ms']} ms ({rq['ratio']:.0%})")
+    for kind, st in rq.get("stages_ms", {}).items():
+        print(f"  {kind} stages (Server-Timing, ms): " + ", ".join(f"{k} {v}" for k, v in st.items()))
     return 0
 
 

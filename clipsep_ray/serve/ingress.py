@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import io
 import os
+import time
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
@@ -67,6 +68,12 @@ def _version() -> str:
         return version("clipsep_ray")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _stages(result: dict, seconds: dict[str, float]) -> dict[str, float]:
+    """ms per stage of a request: the ingress's own (``seconds``; "model" is the whole wait for
+    the replica, hops included) and the replica's ("queries", "separate")."""
+    return {**{k: 1000 * v for k, v in seconds.items()}, **result.get("timing", {})}
 
 
 def _is_remote(uri: str) -> bool:
@@ -129,16 +136,21 @@ class ClipSepIngress:
             raise ApiError(400, "undecodable_audio", f"the file does not decode: {exc.reason}") from None
         return np.concatenate(blocks), int(sr)
 
-    def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, upload_id: str) -> Response:
+    def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, upload_id: str,
+               timing: dict[str, float]) -> Response:
         """One audio file (one query, no residual) or a zip of ``<query slug>.<ext>`` + ``residual.<ext>``,
-        encoded in memory (no file is written for an answer)."""
+        encoded in memory (no file is written for an answer). ``timing`` (ms per stage) becomes the
+        ``Server-Timing`` header, with the encoding added."""
         from clipsep_ray.audio.io import encode_audio
         from clipsep_ray.separate import RESIDUAL, output_files
 
+        t0 = time.perf_counter()
         names = list(queries) + ([RESIDUAL] if residual else [])
         files = {n: os.path.basename(path) for n, path in output_files("", queries, fmt).items()}
         data = {n: encode_audio(stems[n], sr, fmt) for n in names}
-        headers = {"X-Separation-Id": upload_id}
+        timing = {**timing, "encode": 1000 * (time.perf_counter() - t0)}
+        headers = {"X-Separation-Id": upload_id,
+                   "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in timing.items())}
         if len(names) == 1:
             headers["Content-Disposition"] = f'attachment; filename="{files[names[0]]}"'
             return Response(data[names[0]], media_type=MEDIA[fmt], headers=headers)
@@ -172,11 +184,15 @@ class ClipSepIngress:
             residual = check_bool("residual", (form.get("residual") or [None])[-1])
             if path is None:
                 raise ApiError(422, "no_file", "the form has no 'file' part")
+            t0 = time.perf_counter()
             wave, sr = await asyncio.to_thread(self.decode, path)
             os.remove(path)
+            t1 = time.perf_counter()
             result = await self.call("separate", wave, sr, queries)
             self.model_error(result)
-            return await asyncio.to_thread(self.answer, result["stems"], sr, queries, fmt, residual, result["id"])
+            timing = _stages(result, {"decode": t1 - t0, "model": time.perf_counter() - t1})
+            return await asyncio.to_thread(self.answer, result["stems"], sr, queries, fmt, residual, result["id"],
+                                           timing)
         finally:
             self.area.remove(folder)
 
@@ -186,6 +202,7 @@ class ClipSepIngress:
         self.authorize(request)
         queries = check_query_list(body.queries)
         fmt, residual = check_format(body.format), check_bool("residual", body.residual)
+        t0 = time.perf_counter()
         for attempt in range(ROUTE_RETRIES):
             result = await self.call("requery", upload_id, queries, upload_id=upload_id)
             if not result.get("elsewhere"):
@@ -195,8 +212,9 @@ class ClipSepIngress:
             raise ApiError(404, "unknown_separation", f"no separation {upload_id!r} is kept (unknown or evicted): "
                                                       "upload the file again")
         self.model_error(result)
+        timing = _stages(result, {"model": time.perf_counter() - t0})
         return await asyncio.to_thread(self.answer, result["stems"], result["sample_rate"], queries, fmt, residual,
-                                       upload_id)
+                                       upload_id, timing)
 
     @app.post("/v1/separate-uri")
     async def separate_uri(self, body: UriJob, request: Request):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from clipsep_ray.serve.cache import ByteLRU
 from clipsep_ray.serve.limits import Limits
 
 PROBE_QUERY = "a sound"
+
+
+def _timing(t0: float, t1: float) -> dict[str, float]:
+    """The replica's part of a request in ms: the queries' embeddings (t0 -> t1), then the separation."""
+    return {"queries": 1000 * (t1 - t0), "separate": 1000 * (time.perf_counter() - t1)}
 
 
 @dataclass
@@ -109,11 +115,13 @@ class ClipSepModel:
 
     # -- requests --------------------------------------------------------------------------
     async def separate(self, wave: np.ndarray, sample_rate: int, queries: list[str]) -> dict:
-        """Mono input at its own rate -> {"id", "stems": {name: (T,) float32}} or {"error"}."""
+        """Mono input at its own rate -> {"id", "stems": {name: (T,) float32}, "timing"} or {"error"}."""
+        t0 = time.perf_counter()
         try:
             projected = self._projected(queries)
         except QueryError as exc:
             return {"error": str(exc)}
+        t1 = time.perf_counter()
         record: list[torch.Tensor] = []
         hook = self._batched_hook(asyncio.get_running_loop(), record)
         result = await self._in_thread(self.sep.separate, wave, sample_rate, None, hook, projected)
@@ -121,10 +129,11 @@ class ClipSepModel:
         upload = Upload(np.asarray(wave, np.float32), int(sample_rate), record)
         if self.cache.put(upload_id, upload, upload.nbytes):
             await self.hold(upload_id)
-        return {"id": upload_id, "stems": dict(result.stems)}
+        return {"id": upload_id, "stems": dict(result.stems), "timing": _timing(t0, t1)}
 
     async def requery(self, upload_id: str, queries: list[str]) -> dict:
         """New queries on a kept upload: {"stems"} | {"error"} | {"missing": True} | {"elsewhere": True}."""
+        t0 = time.perf_counter()
         upload = self.cache.get(upload_id)
         if upload is None:
             return {"elsewhere": True} if upload_id.split(".")[0] != self.tag else {"missing": True}
@@ -132,6 +141,7 @@ class ClipSepModel:
             projected = self._projected(queries)
         except QueryError as exc:
             return {"error": str(exc)}
+        t1 = time.perf_counter()
         replay = iter(upload.features)
 
         def cached(log_mag: torch.Tensor) -> torch.Tensor:
@@ -141,7 +151,7 @@ class ClipSepModel:
             return feats
 
         result = await self._in_thread(self.sep.separate, upload.wave, upload.sample_rate, None, cached, projected)
-        return {"stems": dict(result.stems), "sample_rate": upload.sample_rate}
+        return {"stems": dict(result.stems), "sample_rate": upload.sample_rate, "timing": _timing(t0, t1)}
 
     async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
         """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}."""

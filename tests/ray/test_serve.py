@@ -153,6 +153,11 @@ def test_requery_equals_a_fresh_request_and_unknown_id_is_404(server):
     sid = first.headers["x-separation-id"]
     again = client.post(f"/v1/separations/{sid}", json={"queries": ["rain", "dog barking"]})
     assert again.headers["x-separation-id"] == sid
+    # Server-Timing names each stage: the upload's decode, the wait for the replica and the replica's parts
+    stages = {p.split(";")[0].strip() for p in first.headers["server-timing"].split(",")}
+    assert stages == {"decode", "model", "queries", "separate", "encode"}
+    stages = {p.split(";")[0].strip() for p in again.headers["server-timing"].split(",")}
+    assert stages == {"model", "queries", "separate", "encode"}
     re_files, fresh_files = _zip(again), _zip(_separate(client, data, ["rain", "dog barking"]))
     assert set(re_files) == set(fresh_files) == {"rain.wav", "dog_barking.wav", "residual.wav"}
     for name in re_files:
