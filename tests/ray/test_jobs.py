@@ -48,9 +48,18 @@ def _submit(client, entrypoint: str, timeout_s: float = 300) -> str:
     from ray.job_submission import JobStatus
 
     env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "HF_HUB_OFFLINE") if k in os.environ}
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": REPO, "env_vars": env,
-        "excludes": [".git", "demo-out", "runs", "benchmarks/results", "*.egg-info"]})
+    runtime_env = {"working_dir": REPO, "env_vars": env,
+                   "excludes": [".git", "demo-out", "runs", "benchmarks/results", "*.egg-info"]}
+    for attempt in range(60):
+        try:
+            job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            # The head's job agent registers some seconds after its job server answers (on a
+            # loaded 2-core box the first submission got "No available agent to submit job").
+            if "No available agent" not in str(exc) or attempt == 59:
+                raise
+            time.sleep(1)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         status = client.get_job_status(job)
