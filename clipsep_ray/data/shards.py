@@ -384,7 +384,7 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     # The read tasks take the row-preparation tasks' fractional CPUs, not Ray's default of 1: in a
     # sweep on 2 CPUs the trial and its Train workers reserve 1.1 CPUs in placement groups, and
     # 1-CPU read tasks then waited for ever (the CI run of 2026-12-04 hung there).
-    ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": prep_cpus},
+    ds = ray.data.read_parquet(paths, filesystem=fs, num_cpus=prep_cpus,
                                shuffle=FileShuffleConfig(seed=split_seed) if shuffle_files else None)
     ds = ds.select_columns(columns)  # pushed down into the Parquet read: JPEG frames are never read
     if cached:
@@ -421,12 +421,12 @@ def plan_rows(positions: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 def _planned_batch(batch: dict, table, cfg: Config, mode: str, seed: int, stats: PrepStats | None,
                    text_uri: str | None, endpoint: str | None) -> dict:
-    """Ray Data UDF of a planned pass: positions {"id"} -> prepared rows; the windows' random
+    """Ray Data UDF of a planned pass: spans of positions {"start", "stop"} -> prepared rows; the windows' random
     centres are seeded by the block's first position, so they do not depend on the process."""
     import ray
 
     table = ray.get(table[0])
-    positions = np.asarray(batch["id"], np.int64)
+    positions = np.concatenate([np.arange(a, b) for a, b in zip(batch["start"], batch["stop"])]).astype(np.int64)
     chosen = table.take(plan_rows(positions, table.num_rows, seed))
     prep = RowPrep.from_config(cfg, cached_text_embeddings(text_uri, False, endpoint), mode)
     out, failures = prep.prepare(chosen, mode, np.random.default_rng([seed, 3, int(positions[0])]))
@@ -458,7 +458,11 @@ def planned_dataset(uri, columns: list[str], rows: int, prep_kwargs: dict, *, en
     table = table.take(pa.compute.sort_indices(table, [("clip_id", "ascending")]))
     row_bytes = 4 * (prep_kwargs["cfg"].audio.clip_samples + 2 * (prep_kwargs["cfg"].model.embed_dim or 512))
     per_block = int(min(1024, max(16, block_mb * (1 << 20) // row_bytes)))
-    ds = ray.data.range(rows, override_num_blocks=max(1, math.ceil(rows / per_block)))
+    # One item (a range of positions) per block, made in this process: ray.data.range and
+    # from_numpy start tasks of a whole CPU each, and in a sweep on 2 CPUs (1.1 reserved in
+    # placement groups) such a task waited for ever.
+    spans = [{"start": a, "stop": min(a + per_block, rows)} for a in range(0, rows, per_block)]
+    ds = ray.data.from_items(spans, override_num_blocks=len(spans))
     ds = ds.map_batches(_planned_batch, batch_format="numpy", batch_size=None, num_cpus=prep_cpus,
                         fn_kwargs={"table": [ray.put(table)], **prep_kwargs})
     ds.context.execution_options.preserve_order = True  # read by ingest_options(): this pass is ordered

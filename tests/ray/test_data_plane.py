@@ -334,6 +334,30 @@ def test_planned_pass_repeats_for_a_seed(embedded, cfg):
         assert len({c for c, _ in first[epoch * N_CLIPS:(epoch + 1) * N_CLIPS]}) == N_CLIPS
 
 
+def test_planned_pass_runs_with_less_than_one_cpu_free(embedded, cfg):
+    """In a sweep on 2 CPUs the trial and its Train worker reserve 1.1 CPUs: a planned pass must
+    need no whole-CPU task (ray.data.range and from_numpy start such tasks; one waited for ever)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    out, _, _ = embedded
+    pg = placement_group([{"CPU": 1.5}])
+    ray.get(pg.ready(), timeout=60)
+    pool = ThreadPoolExecutor(1)
+    try:
+        def rows_of_pass():  # building the dataset may start tasks too (from_numpy does)
+            return training_dataset(out, cfg, split_seed=0, cache_mb=64, planned_rows=2 * N_CLIPS,
+                                    prep_cpus=0.25).take_all()
+
+        rows = pool.submit(rows_of_pass).result(timeout=120)  # a TimeoutError here: a task waits for a CPU
+        assert len(rows) == 2 * N_CLIPS
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        remove_placement_group(pg)
+
+
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
     out, _, _ = embedded
     table = _rows(out)
