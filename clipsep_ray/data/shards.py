@@ -421,8 +421,8 @@ def plan_rows(positions: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 def _planned_batch(batch: dict, table, cfg: Config, mode: str, seed: int, stats: PrepStats | None,
                    text_uri: str | None, endpoint: str | None) -> dict:
-    """Ray Data UDF of a planned pass: spans of positions {"start", "stop"} -> prepared rows; the windows' random
-    centres are seeded by the block's first position, so they do not depend on the process."""
+    """Ray Data UDF of a planned pass: spans of positions {"start", "stop"} -> prepared rows; the
+    windows' random centres are seeded by the block's first position, not by the process."""
     import ray
 
     table = ray.get(table[0])
