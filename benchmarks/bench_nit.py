@@ -5,8 +5,8 @@
 
 From the study (``clipsep-ray tune`` with ``tuning/nit-noisy.yaml``) it takes the best trial with
 ``model.noise_heads > 0`` (CLIPSep-NIT) and the same configuration with ``model.noise_heads`` 0
-(CLIPSep: without noise heads the regulariser and warm-up do nothing), retrains both from scratch for ``--steps`` steps (the learning-rate schedule ends there for
-both), keeps each run's validation-best checkpoint and scores both on the same test mixtures
+(CLIPSep: without noise heads the regulariser and warm-up do nothing), retrains both from
+scratch for ``--steps`` steps (the learning-rate schedule ends there for both), keeps each run's validation-best checkpoint and scores both on the same test mixtures
 with the evaluation protocol. The comparison is paired: for every test mixture (a target clip
 and its query kind) the SDRi of NIT minus that of CLIPSep; the mean difference, its standard
 error and how many mixtures NIT wins. A run whose folder already holds ``results.json`` is
@@ -50,6 +50,7 @@ def main(argv=None) -> dict:
 
     from clipsep_ray.demo import _copy_checkpoint
     from clipsep_ray.evaluation import evaluate_checkpoint
+    from clipsep_ray.evaluation.protocol import BOUND_METHODS
     from clipsep_ray.train.trainer import train
     from clipsep_ray.tune import study as st
     from clipsep_ray.tune.report import best_config
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
             with open(done_file, "w") as fh:
                 json.dump({"trial": best.number, "params": {**best.params, "model.noise_heads": cfg.model.noise_heads},
                        "sweep_value": best.value if cfg.model.noise_heads else None,
-                           "train_eval_s": round(time.time() - t0, 1), "summary": rows}, fh, indent=1)
+                       "train_eval_s": round(time.time() - t0, 1), "summary": rows}, fh, indent=1)
         with open(done_file) as fh:
             runs[name] = json.load(fh)
         with open(os.path.join(out, name, "per_clip.csv")) as fh:
@@ -85,7 +86,7 @@ def main(argv=None) -> dict:
     for name, run in runs.items():
         result[name] = {k: run[k] for k in ("trial", "params", "sweep_value", "train_eval_s")}
         result[name]["test"] = {r["query_kind"]: {"sdri_mean": r["sdri_mean"], "sdr_sem": r.get("sdr_sem")}
-                                for r in run["summary"] if r["method"] not in ("mixture", "oracle-ibm", "oracle-irm")}
+                                for r in run["summary"] if r["method"] not in BOUND_METHODS}
     result["paired_nit_minus_no_nit"] = [paired(runs["nit"]["per_clip"], runs["no-nit"]["per_clip"], kind)
                                          for kind in ("text", "image")]
     with open(os.path.join(out, "comparison.json"), "w") as fh:
