@@ -264,18 +264,20 @@ class Separator:
 
     def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
                       block_seconds: float = 60.0, info: dict | None = None,
-                      features: FeaturesFn | None = None) -> dict[str, str]:
+                      features: FeaturesFn | None = None,
+                      projected: tuple[list[str], Tensor | None] | None = None) -> dict[str, str]:
         """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
 
         Decoding, resampling, separation and encoding all run block by block, so memory
         does not grow with the file's length. Returns {name: written path}. Outputs are
         written under temporary names and renamed only when the whole file succeeded.
         ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``;
-        ``features`` replaces the U-Net pass (:data:`FeaturesFn`).
+        ``features`` replaces the U-Net pass (:data:`FeaturesFn`); ``projected`` gives
+        ``projections(queries)`` already made (then no query encoder is loaded).
         """
         from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, extension
 
-        names, proj = self.projections(queries)
+        names, proj = projected or self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
         # Lossless unless asked otherwise: the stems and the residual then add up to the input
         # (an Ogg Vorbis round trip was 4.5% off on a 32 kHz stereo file).

@@ -107,7 +107,7 @@ def _is_done(row: dict | None, endpoint) -> bool:
     return bool(row) and row["status"] == "done" and all(storage.exists(u, endpoint) for u in row["outputs"])
 
 
-def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], names: list[str], model_sr: int,
+def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], projections, model_sr: int,
               output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
               task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str):
     import ray
@@ -132,16 +132,15 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, queries: list[str], 
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
             "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
             "runtime_env": {"env_vars": threads}}
+    model = {"checkpoint": checkpoint, "names": names, "projections": projections, "output_uri": output_uri,
+             "device": device, "block_seconds": block_seconds}
     if mode == "fused":
-        return ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={
-            "checkpoint": checkpoint, "queries": queries, "output_uri": output_uri, "device": device, "fmt": fmt,
-            "block_seconds": block_seconds}).iter_rows()
+        return ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}).iter_rows()
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
                      block_seconds=block_seconds)
     ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus)
-    ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs={"checkpoint": checkpoint, "queries": queries, "output_uri": output_uri,
-                                               "device": device, "block_seconds": block_seconds})
+    ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs=model)
     ds = ds.map_batches(stages.per_row(encode, "encode"), batch_size=1, num_cpus=task_cpus)
     return ds.iter_rows()
 
@@ -166,7 +165,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         raise ArchiveError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     endpoint = storage.endpoint_url(endpoint)
     output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
-    names, model_sr = _check_model(checkpoint, queries, fmt)
+    names, projections, model_sr = _check_model(checkpoint, queries, fmt)
     job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names, "format": fmt}
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
@@ -176,7 +175,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
     run = {"separated": 0, "pipeline": None, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     if todo:
-        run = _separate(todo, rows, job, model_sr=model_sr, output_uri=output_uri, actors=actors,
+        run = _separate(todo, rows, job, projections, model_sr=model_sr, output_uri=output_uri, actors=actors,
                         gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
                         block_seconds=block_seconds, object_store_mb=object_store_mb, pipeline=pipeline,
                         address=address, endpoint=endpoint, log=log)
@@ -189,14 +188,15 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
             "wall_s": round(time.time() - t0, 1), **run}
 
 
-def _check_model(checkpoint: str, queries: Sequence[str], fmt: str) -> tuple[list[str], int]:
-    """A bad checkpoint, query or clashing query names fail here, before any work: (names, model rate)."""
+def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
+    """A bad checkpoint, query or clashing query names fail here, before any work: (names, their
+    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate)."""
     from clipsep_ray.separate import Separator, output_files
 
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
-    names, _ = sep.projections(list(queries))
+    names, proj = sep.projections(list(queries))
     output_files("x", names, fmt)
-    return names, sep.cfg.audio.sample_rate
+    return names, (None if proj is None else proj.cpu().numpy()), sep.cfg.audio.sample_rate
 
 
 def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
@@ -217,7 +217,8 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 
-def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor: float | None, pipeline: str,
+def _separate(todo: list[ArchiveInput], rows: dict, job: dict, projections, *, gpus_per_actor: float | None,
+              pipeline: str,
               address: str | None, output_uri: str, endpoint, log, **pipeline_kw) -> dict:
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
     from clipsep_ray.runtime import cluster_gpus, init_ray
@@ -227,7 +228,7 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
-    for r in _pipeline(todo, checkpoint=job["checkpoint"], queries=job["queries"], names=job["queries"],
+    for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], projections=projections,
                        output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, **pipeline_kw):
         ok = r["status"] == "ok"
         separated += ok
