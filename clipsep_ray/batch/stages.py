@@ -108,7 +108,7 @@ class _ModelActor:
 
         self.sep = Separator.from_checkpoint(checkpoint, device=device)
         self.names = list(names)
-        self.proj = None if projections is None else torch.as_tensor(projections).to(self.sep.device)
+        self.proj = None if projections is None else torch.tensor(projections).to(self.sep.device)
         self.output_uri, self.block_seconds, self.fmt = output_uri, block_seconds, fmt
         self._run = per_row(self.separate, "separate")
 

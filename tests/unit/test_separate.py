@@ -134,3 +134,28 @@ def test_slug_is_a_safe_file_name():
     assert slug("../../etc/passwd") == "etc_passwd"
     assert "/" not in slug("a/b\\c") and not slug("...").startswith(".")
     assert len(slug("x" * 500)) <= 60
+
+
+def test_archive_replica_uses_the_drivers_projections_without_a_query_encoder(tiny_cfg, tiny_model, tmp_path):
+    """The archive's model actors take (names, projections) made once by the driver: their stems
+    equal a Separator's that encodes the queries itself, and they never build a query encoder."""
+    from clipsep_ray.batch import stages
+    from clipsep_ray.models.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(str(tmp_path / "m.pt"), tiny_model, tiny_cfg)
+    driver = Separator.from_checkpoint(ckpt, device="cpu")
+    names, proj = driver.projections(["dog barking", "rain"])
+    sr = 16000
+    wave = (np.random.default_rng(5).standard_normal(int(sr * 2.4)) * 0.1).astype(np.float32)
+    write_audio(str(tmp_path / "in.wav"), wave, sr, subtype="FLOAT")
+    actor = stages.SeparateFile(ckpt, names, proj.numpy(), str(tmp_path / "out"), "cpu", 1.0, fmt="wav")
+    row = {"input": str(tmp_path / "in.wav"), "out_dir": "in", "status": "ok", "error": "", "seconds": 0.0,
+           "sample_rate": 0, "channels": 0, "duration_s": 0.0, "outputs": "[]", "separate_rss_mb": 0.0}
+    out = stages.rows_of(actor(stages.batch_of([row])))[0]
+    assert out["status"] == "ok", out["error"]
+    assert actor.sep._encoder is None  # no open_clip text tower in a replica
+    mem = driver.separate(wave, sr, ["dog barking", "rain"])
+    for name in ("dog barking", "rain", "residual"):
+        got, got_sr = load_audio(str(tmp_path / "out" / "in" / f"{slug(name)}.wav"))
+        assert got_sr == sr and got.shape == wave.shape
+        np.testing.assert_allclose(got, mem[name], atol=2e-4)
