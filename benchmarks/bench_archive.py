@@ -150,19 +150,20 @@ def main(argv=None) -> None:
             _append(args.out, result)
         if args.long_minutes:
             ckpt = make_checkpoint(args.presets[0], work)
-            peaks = {}
-            for minutes in (1.0, args.long_minutes):
-                d = os.path.join(work, f"mem-{minutes:g}")
-                write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
-                t0 = time.perf_counter()
-                s = archive(ckpt, d, os.path.join(work, f"mem-out-{minutes:g}"), queries, 1, "staged")
-                assert s["failed"] == 0, s["failures"]
-                peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
-                shutil.rmtree(d)
-            result = {"bench": "archive_memory", "preset": args.presets[0], "input": "44.1 kHz stereo FLAC",
-                      "machine": machine, "peak_rss_mb": peaks}
-            print(json.dumps(result), flush=True)
-            _append(args.out, result)
+            for pipeline in args.pipelines:  # one actor; a fused actor's peak is its "separate" column
+                peaks = {}
+                for minutes in (1.0, args.long_minutes):
+                    d = os.path.join(work, f"mem-{minutes:g}")
+                    write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
+                    t0 = time.perf_counter()
+                    s = archive(ckpt, d, os.path.join(work, f"mem-out-{pipeline}-{minutes:g}"), queries, 1, pipeline)
+                    assert s["failed"] == 0, s["failures"]
+                    peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
+                    shutil.rmtree(d)
+                result = {"bench": "archive_memory", "preset": args.presets[0], "pipeline": pipeline,
+                          "input": "44.1 kHz stereo FLAC", "machine": machine, "peak_rss_mb": peaks}
+                print(json.dumps(result), flush=True)
+                _append(args.out, result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
