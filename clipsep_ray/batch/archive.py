@@ -177,10 +177,10 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
     run = {"separated": 0, "pipeline": None, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     if todo:
-        run = _separate(todo, rows, job, projections, model_sr=model_sr, output_uri=output_uri, actors=actors,
-                        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
-                        block_seconds=block_seconds, object_store_mb=object_store_mb, pipeline=pipeline,
-                        address=address, endpoint=endpoint, log=log)
+        run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
+                        actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                        task_cpus=task_cpus, block_seconds=block_seconds, object_store_mb=object_store_mb,
+                        pipeline=pipeline, address=address, endpoint=endpoint, log=log)
     write_manifest(output_uri, list(rows.values()), endpoint)
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
@@ -219,8 +219,7 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 
-def _separate(todo: list[ArchiveInput], rows: dict, job: dict, projections, *, gpus_per_actor: float | None,
-              pipeline: str,
+def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor: float | None, pipeline: str,
               address: str | None, output_uri: str, endpoint, log, **pipeline_kw) -> dict:
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
     from clipsep_ray.runtime import cluster_gpus, init_ray
@@ -230,8 +229,8 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, projections, *, g
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
-    for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], projections=projections,
-                       output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, **pipeline_kw):
+    for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], output_uri=output_uri,
+                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, **pipeline_kw):
         ok = r["status"] == "ok"
         separated += ok
         for s in stages.STAGES:
