@@ -367,6 +367,8 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     import ray
     from ray.data import FileShuffleConfig
 
+    from clipsep_ray.data import idle
+
     endpoint = storage.endpoint_url(endpoint)
     paths, fs = paths_and_filesystem(uri, endpoint)
     # Listings per pass (Ray Data reads a path given twice only once: repeat by union). Only
@@ -377,8 +379,10 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     prep_kwargs = {"cfg": cfg, "mode": "train", "seed": int(split_seed), "stats": stats,
                    "text_uri": text_embeddings, "endpoint": endpoint}
     if cached and planned_rows > 0:
-        return planned_dataset(uri, columns, planned_rows, prep_kwargs, endpoint=endpoint, block_mb=block_mb,
-                               prep_cpus=prep_cpus)
+        ds = planned_dataset(uri, columns, planned_rows, prep_kwargs, endpoint=endpoint, block_mb=block_mb,
+                             prep_cpus=prep_cpus)
+        idle.install(ds.context)
+        return ds
     listings = max(1, math.ceil(min_rows_per_pass / max(1, count_rows(paths, fs)))) \
         if min_rows_per_pass > 0 and small else 1
     # The read tasks take the row-preparation tasks' fractional CPUs, not Ray's default of 1: in a
@@ -398,6 +402,7 @@ def training_dataset(uri, cfg: Config, split_seed: int = 0, *, stats: PrepStats 
     # Smaller blocks than Ray's 128 MB default (this pipeline's context only): a paper row is
     # 256 KB of float32, so the first batches arrive sooner and the stages overlap (measured ~1.5x).
     ds.context.target_max_block_size = int(block_mb * (1 << 20))
+    idle.install(ds.context)
     return ds
 
 

@@ -358,6 +358,24 @@ def test_planned_pass_runs_with_less_than_one_cpu_free(embedded, cfg):
         remove_placement_group(pg)
 
 
+def test_a_held_back_pass_leaves_the_cpu_alone(embedded, cfg):
+    """A consumer that stops taking batches holds the pass back. Ray 2.60's scheduling loop then
+    spun without waiting (the demo's SplitCoordinator burnt 60-87% of a core beside the training
+    workers); ``data.idle.IdleWait`` pauses it after steps that change nothing."""
+    import time
+
+    out, _, _ = embedded
+    ds = training_dataset(out, cfg, split_seed=0, cache_mb=64, planned_rows=5000 * N_CLIPS)  # ~800 MB
+    batches = iter(ds.iter_batches(batch_size=8, prefetch_batches=1))
+    next(batches)
+    time.sleep(4)  # the pass fills what the object store allows and stalls
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(3)
+    busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    assert busy < 0.2, f"the held-back pass used {busy:.0%} of a core"
+    assert len(next(batches)["audio"]) == 8  # and it still delivers
+
+
 def test_corrupt_audio_cell_is_skipped_and_counted(ray_local, embedded, cfg, tmp_path):
     out, _, _ = embedded
     table = _rows(out)
