@@ -7,6 +7,7 @@ on rank 0, checkpoint, ``ray.train.report`` on every rank). The plain-PyTorch pa
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -199,8 +200,8 @@ def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None
     result = {"step": w.step, "start_step": w.start_step, **meter.rates(w.cfg.train.batch_size),
               "lr": w.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
               **{k: v for k, v in metrics.items() if k != "loss"}}
-    if val is not None and w.rank == 0:
-        result.update(validate(w.judged, val, w.cfg, w.device))
+    if val is not None:  # every rank scores its share of the pairs; rank 0 gets the scores
+        result.update(validate(judge(w), val, w.cfg, w.device, rank=w.rank, world=w.world))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
@@ -209,6 +210,20 @@ def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None
             print(f"[train] step {w.step}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), flush=True)
         ray.train.report(result, checkpoint=checkpoint, checkpoint_dir_name=f"step_{w.step:08d}")
+
+
+def judge(w: Worker) -> nn.Module:
+    """The weights validation scores, on every rank: rank 0's judged model (the average, when
+    there is one), broadcast into a copy on the other ranks. Their own weights can differ from
+    it (batch-norm statistics of their own batches; no average)."""
+    if w.world == 1:
+        return w.judged
+    import torch.distributed as dist
+
+    model = w.judged if w.rank == 0 else copy.deepcopy(unwrap(w.model)).eval()
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
+    return model
 
 
 def quiet_report_log() -> None:

@@ -229,3 +229,51 @@ def test_ema_decay_is_validated():
     for bad in ("1.0", "-0.1"):
         with pytest.raises(ConfigError, match="train.ema_decay"):
             load_config("tiny", [f"train.ema_decay={bad}"])
+
+
+def _validate_as_rank(rank, world, init_file, model_state, val, cfg, results):
+    """One gloo rank: rank 1 starts from other weights (its own batch-norm statistics, no average),
+    takes rank 0's through ``judge`` and scores its share of the pairs."""
+    import torch.distributed as dist
+
+    from clipsep_ray.train.worker import Worker, judge
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = build_model(cfg.model)
+        model.load_state_dict(model_state)
+        if rank:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.5)
+        w = Worker(cfg, rank, world, torch.device("cpu"), model, None, None, torch.Generator(),
+                   SpectralFrontEnd.from_config(cfg.audio), None)
+        results[rank] = validate(judge(w), val, cfg, torch.device("cpu"), rank=rank, world=world)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_split_over_ranks_equals_one_process(tmp_path):
+    """Two gloo ranks each score half the pairs with rank 0's weights; rank 0's scores equal one
+    process's, and the other rank returns nothing."""
+    import torch.multiprocessing as mp
+
+    cfg = load_config("tiny", SMALL + ["inference.precision=fp32"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
+    b = _batch(cfg)
+    val = ValSet(b["audio"], b["image_query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    alone = validate(model, val, cfg, torch.device("cpu"))
+    ctx = mp.get_context("fork")
+    results = ctx.Manager().dict()
+    procs = [ctx.Process(target=_validate_as_rank, args=(r, 2, tmp_path / "rendezvous", model.state_dict(), val,
+                                                          cfg, results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert results[1] == {}
+    assert results[0] == pytest.approx(alone, rel=1e-6)
