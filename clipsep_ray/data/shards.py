@@ -180,6 +180,16 @@ class RowPrep:
         wave, _ = schema.decode_audio(data)  # short clip: tile it to the window
         return self._crop(wave, centre_s)
 
+    def whole(self, data: bytes, sr_cell: int) -> np.ndarray:
+        """FLAC cell -> the whole clip, float32 at ``sample_rate``: what :meth:`window` cuts from
+        (``self._crop(whole, centre_s)`` equals ``window(data, sr_cell, centre_s)``)."""
+        wave, _ = schema.decode_audio(data)
+        if sr_cell != self.sample_rate:
+            from clipsep_ray.audio.io import resample
+
+            wave = np.asarray(resample(wave, sr_cell, self.sample_rate), np.float32)
+        return wave
+
     def _crop(self, wave: np.ndarray, centre_s: float) -> np.ndarray:
         T = self.clip_samples
         if len(wave) == 0:
@@ -200,17 +210,21 @@ class RowPrep:
         idx = sorted({_frame_index(s, fps, len(emb)) for s in secs if 1 <= s <= n_seconds})
         return emb[idx].mean(axis=0)
 
-    def prepare(self, table, mode: str, rng: np.random.Generator | None = None):
+    def prepare(self, table, mode: str, rng: np.random.Generator | None = None, *, rows=None,
+                wholes: list | None = None):
         """A pyarrow table of shard rows -> (dict of numeric numpy columns, failures).
 
         ``mode``: "train" (random centre per row) or "eval" (c = n // 2). Failures are
-        ``(clip_id, source_uri, reason)`` of rows that were skipped.
+        ``(clip_id, source_uri, reason)`` of rows that were skipped. ``rows``: the table's row
+        numbers to prepare, in order, repeats allowed (default: every row once). ``wholes``: per
+        table row, the clip already decoded by :meth:`whole` (or the ShardError decoding it
+        raised); the windows are then cut from it, which gives the same samples.
         """
         n = table.num_rows
         cols = {name: table.column(name) for name in table.column_names}
         ids = cols["clip_id"].to_pylist()
         sources = cols["source_uri"].to_pylist() if "source_uri" in cols else [""] * n
-        audio = cols["audio"].to_pylist()
+        audio = cols["audio"].to_pylist() if wholes is None else None
         srs = cols["sample_rate"].to_pylist()
         lengths = cols["num_samples"].to_pylist() if "num_samples" in cols else [None] * n
         fps = cols["fps"].to_pylist() if "fps" in cols else [1.0] * n
@@ -218,7 +232,7 @@ class RowPrep:
         emb = _EmbeddingView(cols["image_embeddings"])
         out = {"audio": [], "image_query": [], "clip_index": [], "text_query": [], "label_id": []}
         failures = []
-        for i in range(n):
+        for i in (range(n) if rows is None else rows):
             try:
                 e = emb.row(i)
                 if e is None:
@@ -240,7 +254,12 @@ class RowPrep:
                     c = int(rng.integers(lo, hi + 1))
                 else:
                     c = eval_centre(n_sec)
-                wave = self.window(audio[i], int(srs[i]), c - 0.5, lengths[i])
+                if wholes is None:
+                    wave = self.window(audio[i], int(srs[i]), c - 0.5, lengths[i])
+                elif isinstance(wholes[i], Exception):
+                    raise schema.ShardError(str(wholes[i]))
+                else:
+                    wave = self._crop(wholes[i], c - 0.5)
                 q = self.query(e, c, f)
             except (schema.ShardError, IndexError) as exc:
                 failures.append((ids[i], sources[i], str(exc)))
@@ -424,17 +443,50 @@ def plan_rows(positions: np.ndarray, rows: int, seed: int) -> np.ndarray:
     return out
 
 
+#: The decoded clips of the last planned set this process prepared from: (key, wholes).
+_DECODED: list = [None, None]
+#: Decode a planned set once per process only up to this many MiB of float32 samples.
+DECODED_SET_MB = 256
+
+
+def _decoded_set(key: str, table, prep: RowPrep) -> list | None:
+    """Every clip of a planned set decoded once per process (:meth:`RowPrep.whole`), or None
+    (decode each window from FLAC) when that would hold more than :data:`DECODED_SET_MB`.
+
+    Decoding a window per row (open, seek, read) and taking the rows out of the Arrow table
+    cost 1.2 s of CPU per 1,024-row block, about 80 s over the demo's training, all of it
+    taken from the training workers on 2 cores; a clip is used ~190 times there.
+    """
+    key = f"{key}/{prep.sample_rate}"
+    if _DECODED[0] == key:
+        return _DECODED[1]
+    rates = np.maximum(table.column("sample_rate").to_numpy(), 1)
+    samples = table.column("num_samples").to_numpy() if "num_samples" in table.column_names else None
+    if samples is None or 4 * float(np.sum(samples * (prep.sample_rate / rates))) > DECODED_SET_MB * (1 << 20):
+        return None
+    wholes: list = []
+    for data, sr in zip(table.column("audio").to_pylist(), rates.tolist()):
+        try:
+            wholes.append(prep.whole(data, int(sr)))
+        except schema.ShardError as exc:  # recorded against every row that uses the clip
+            wholes.append(exc)
+    _DECODED[:] = [key, wholes]
+    return wholes
+
+
 def _planned_batch(batch: dict, table, cfg: Config, mode: str, seed: int, stats: PrepStats | None,
                    text_uri: str | None, endpoint: str | None) -> dict:
     """Ray Data UDF of a planned pass: spans of positions {"start", "stop"} -> prepared rows; the
     windows' random centres are seeded by the block's first position, not by the process."""
     import ray
 
-    table = ray.get(table[0])
+    ref = table[0]
+    table = ray.get(ref)
     positions = np.concatenate([np.arange(a, b) for a, b in zip(batch["start"], batch["stop"])]).astype(np.int64)
-    chosen = table.take(plan_rows(positions, table.num_rows, seed))
     prep = RowPrep.from_config(cfg, cached_text_embeddings(text_uri, False, endpoint), mode)
-    out, failures = prep.prepare(chosen, mode, np.random.default_rng([seed, 3, int(positions[0])]))
+    out, failures = prep.prepare(table, mode, np.random.default_rng([seed, 3, int(positions[0])]),
+                                 rows=plan_rows(positions, table.num_rows, seed).tolist(),
+                                 wholes=_decoded_set(ref.hex(), table, prep))
     for clip, source, reason in failures[:5]:
         log.warning("skipping clip %s of %s: %s", clip, source, reason)
     if stats is not None:

@@ -421,6 +421,35 @@ def _synthetic_table(n_rows=3, seconds=10, sr=SR, d=4):
     return pa.Table.from_pylist(rows, schema=schema.SHARD_SCHEMA)
 
 
+def test_windows_cut_from_decoded_clips_equal_windows_decoded_per_row():
+    """A planned pass decodes each clip once per process and cuts the windows from it: the same
+    rows, windows, queries and failures as decoding each window from FLAC (long, short = tiled,
+    another rate = resampled, corrupt = skipped by name)."""
+    from clipsep_ray.data.shards import _decoded_set
+
+    g = np.random.default_rng(0)
+    rows = []
+    for r, (seconds, sr) in enumerate([(10, 1000), (3, 1000), (10, 2000), (10, 1000)]):
+        wave = g.uniform(-0.5, 0.5, seconds * sr).astype(np.float32)
+        audio = schema.encode_audio(wave, sr) if r != 3 else b"not flac at all"
+        rows.append({"clip_id": f"c{r}", "source_uri": f"mem://v{r}", "start_s": 0.0, "audio": audio,
+                     "sample_rate": sr, "num_samples": len(wave), "frames": [b"jpeg"] * seconds, "fps": 1.0,
+                     "label": None, "image_embeddings": g.normal(size=(seconds, 4)).tolist(),
+                     "embedding_model": "m"})
+    table = pa.Table.from_pylist(rows, schema=schema.SHARD_SCHEMA)
+    prep = RowPrep(sample_rate=1000, clip_samples=4095, embed_dim=4)
+    order = [0, 3, 1, 2, 0, 0, 2, 1, 3, 1]
+    wholes = _decoded_set("test-set", table, prep)
+    assert isinstance(wholes[3], schema.ShardError) and _decoded_set("test-set", table, prep) is wholes
+    per_row, fails = prep.prepare(table.take(order), "train", np.random.default_rng(7))
+    cut, cut_fails = prep.prepare(table, "train", np.random.default_rng(7), rows=order, wholes=wholes)
+    assert set(cut) == set(per_row)
+    for name in per_row:
+        assert np.array_equal(cut[name], per_row[name]), name
+    assert len(cut["audio"]) == 8 and [f[0] for f in cut_fails] == [f[0] for f in fails] == ["c3", "c3"]
+    assert "corrupt audio cell" in cut_fails[0][2]
+
+
 def test_shard_round_trip_local_and_s3(tmp_path, s3_bucket):
     table = _synthetic_table()
     for uri in (str(tmp_path / "a" / "part-x.parquet"), f"s3://{s3_bucket}/p/part-x.parquet"):
