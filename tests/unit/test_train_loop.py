@@ -110,7 +110,8 @@ def test_train_state_round_trip_continues_identically():
     assert s2.last_epoch == s1.last_epoch
 
 
-def test_validation_reports_sdr_per_query_kind():
+def _scorable_model_and_val():
+    """(cfg, an untrained tiny CLIPSep whose queries give distinct masks, a 4-pair ValSet)."""
     cfg = load_config("tiny", SMALL + ["inference.precision=fp32"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -119,6 +120,11 @@ def test_validation_reports_sdr_per_query_kind():
     torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
     b = _batch(cfg)
     val = ValSet(b["audio"], b["image_query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    return cfg, model, val
+
+
+def test_validation_reports_sdr_per_query_kind():
+    cfg, model, val = _scorable_model_and_val()
     out = validate(model, val, cfg, torch.device("cpu"))
     for k in ("val_sdr_image", "val_sdr_text", "val_sdri_image", "val_sdr"):
         assert math.isfinite(out[k]), (k, out)
@@ -259,12 +265,7 @@ def test_validation_split_over_ranks_equals_one_process(tmp_path):
     process's, and the other rank returns nothing."""
     import torch.multiprocessing as mp
 
-    cfg = load_config("tiny", SMALL + ["inference.precision=fp32"])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    torch.nn.init.normal_(model.query_proj.weight, 0, 0.5)
-    b = _batch(cfg)
-    val = ValSet(b["audio"], b["image_query"], b["text_query"], torch.tensor([1, 2, 3, 0]), b["label_id"])
+    cfg, model, val = _scorable_model_and_val()
     alone = validate(model, val, cfg, torch.device("cpu"))
     ctx = mp.get_context("fork")
     results = ctx.Manager().dict()
