@@ -2,8 +2,8 @@
 
 set-up (model on the device and DDP-wrapped, optimiser, resume) -> batches (passes over the
 worker's dataset shard) -> step (``loop.train_step``) -> hooks -> log -> report (validation
-on rank 0, checkpoint, ``ray.train.report`` on every rank). The plain-PyTorch parts live in
-:mod:`clipsep_ray.train.loop`.
+split over every rank and gathered on rank 0, checkpoint on rank 0, ``ray.train.report`` on
+every rank). The plain-PyTorch parts live in :mod:`clipsep_ray.train.loop`.
 """
 from __future__ import annotations
 
@@ -193,8 +193,8 @@ def log(w: Worker, meter: Meter) -> None:
 
 
 def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None) -> None:
-    """Validation (rank 0), a checkpoint (rank 0) and ``ray.train.report`` (every rank, the same
-    number of times)."""
+    """Validation (every rank scores a share, rank 0 gets the scores), a checkpoint (rank 0) and
+    ``ray.train.report`` (every rank, the same number of times)."""
     import ray.train
 
     result = {"step": w.step, "start_step": w.start_step, **meter.rates(w.cfg.train.batch_size),
