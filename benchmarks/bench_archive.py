@@ -12,6 +12,9 @@ resampling or encoding). Then peak memory per stage for a folder holding one 1-m
 one holding a ``--long-minutes`` file. Results: JSON lines appended to ``--out``.
 
     python benchmarks/bench_archive.py --presets tiny paper --minutes 10 --long-minutes 180
+
+``--rounds N`` runs every variant N times, interleaved, and reports the medians (each round's
+seconds are kept): on 2 cores two runs of one 2-thread variant differed by up to 25%.
 """
 from __future__ import annotations
 
@@ -107,13 +110,16 @@ def main(argv=None) -> None:
     p.add_argument("--long-minutes", type=float, default=60.0, help="the long file of the memory check (0: skip)")
     p.add_argument("--queries", type=int, default=2)
     p.add_argument("--pipelines", nargs="+", default=["fused", "staged"], choices=["fused", "staged"])
+    p.add_argument("--actors", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    p.add_argument("--rounds", type=int, default=1, help="repeat every variant, interleaved; medians are reported")
     p.add_argument("--out", default="benchmarks/results/archive_cpu.jsonl")
     args = p.parse_args(argv)
 
+    from clipsep_ray.batch.archive import WORKER_PRELOAD
     from clipsep_ray.runtime import cpu_has_bf16, init_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray()
+    init_ray(preload=WORKER_PRELOAD)  # the local Ray `separate-archive` starts
     queries = ["dog barking", "siren", "violin", "rain"][: args.queries]
     work = tempfile.mkdtemp(prefix="bench-archive-")
     machine = {"cpus": os.cpu_count(), "cpu": describe_machine(), "bf16": cpu_has_bf16()}
@@ -126,26 +132,30 @@ def main(argv=None) -> None:
         audio_h = args.minutes / 60
         for preset in args.presets:
             ckpt = make_checkpoint(preset, work)
-            fwd = forward_only(ckpt, args.minutes * 60, queries)
-            plain = plain_loop(ckpt, folder, os.path.join(work, f"plain-{preset}"), queries)
-            rows = {"forward_only": fwd, "plain_loop": plain}
-            for pipeline in args.pipelines:
-                for actors in (1, 2):
-                    t0 = time.perf_counter()
-                    s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{pipeline}-{actors}"), queries,
-                                actors, pipeline)
-                    assert s["failed"] == 0, s["failures"]
-                    rows[f"{pipeline}_{actors}_actors"] = time.perf_counter() - t0
+            runs: dict[str, list[float]] = {}
+            for r in range(args.rounds):  # interleaved: a slow spell of the box touches every variant alike
+                runs.setdefault("forward_only", []).append(forward_only(ckpt, args.minutes * 60, queries))
+                runs.setdefault("plain_loop", []).append(
+                    plain_loop(ckpt, folder, os.path.join(work, f"plain-{preset}-{r}"), queries))
+                for pipeline in args.pipelines:
+                    for actors in args.actors:
+                        t0 = time.perf_counter()
+                        s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{pipeline}-{actors}-{r}"),
+                                    queries, actors, pipeline)
+                        assert s["failed"] == 0, s["failures"]
+                        runs.setdefault(f"{pipeline}_{actors}_actors", []).append(time.perf_counter() - t0)
+            rows = {k: float(np.median(v)) for k, v in runs.items()}
+            fwd, plain = rows["forward_only"], rows["plain_loop"]
+            variants = [(p, a) for p in args.pipelines for a in args.actors]
             result = {"bench": "archive_throughput", "preset": preset, "queries": len(queries), "files": args.files,
-                      "audio_hours": audio_h, "machine": machine,
+                      "audio_hours": audio_h, "rounds": args.rounds, "machine": machine,
                       "seconds": {k: round(v, 2) for k, v in rows.items()},
+                      "seconds_each_round": {k: [round(x, 2) for x in v] for k, v in runs.items()},
                       "audio_hours_per_hour": {k: round(audio_h * 3600 / v, 1) for k, v in rows.items()},
-                      **{f"{p}_{a}_vs_plain": round(plain / rows[f"{p}_{a}_actors"], 3)
-                         for p in args.pipelines for a in (1, 2)},
-                      **{f"{p}_{a}_vs_forward_only": round(fwd / rows[f"{p}_{a}_actors"], 3)
-                         for p in args.pipelines for a in (1, 2)},
+                      **{f"{p}_{a}_vs_plain": round(plain / rows[f"{p}_{a}_actors"], 3) for p, a in variants},
+                      **{f"{p}_{a}_vs_forward_only": round(fwd / rows[f"{p}_{a}_actors"], 3) for p, a in variants},
                       **{f"{p}_speedup_2_actors": round(rows[f"{p}_1_actors"] / rows[f"{p}_2_actors"], 3)
-                         for p in args.pipelines}}
+                         for p in args.pipelines if {1, 2} <= set(args.actors)}}
             print(json.dumps(result), flush=True)
             _append(args.out, result)
         if args.long_minutes:

@@ -30,6 +30,7 @@ class ArchiveInput:
     uri: str  # full URI (or absolute local path) of the input
     relative_path: str  # as found under INPUT_URI (or in the list), "/"-separated
     out_dir: str  # sanitised output folder, relative to OUTPUT_URI
+    size: int | None = None  # bytes, where the listing gives it (a folder or prefix; not a CSV/Parquet list)
 
     @property
     def key(self) -> str:
@@ -37,7 +38,7 @@ class ArchiveInput:
         return hashlib.sha1(self.relative_path.encode("utf-8")).hexdigest()[:16]
 
 
-def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str]]:
+def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str, int | None]]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -56,22 +57,23 @@ def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str]]:
             raise InputError(f"{uri}: row {i + 1} has an empty {column!r}")
         u = storage.normalize_uri(str(u))
         rel = u.split("://", 1)[-1].lstrip("/")
-        out.append((u, rel))
+        out.append((u, rel, None))
     return out
 
 
-def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tuple[str, str]]:
+def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tuple[str, str, int | None]]:
     fs, root = storage.url_to_fs(uri, endpoint)
     if not fs.exists(root):
         raise InputError(f"input {uri} does not exist")
     if fs.isfile(root):
-        return [(storage.to_uri(fs, root), root.rsplit("/", 1)[-1])]
+        return [(storage.to_uri(fs, root), root.rsplit("/", 1)[-1], fs.size(root))]
     skip = storage.url_to_fs(exclude, endpoint)[1].rstrip("/") + "/" if exclude else None
     out = []
-    for path in sorted(fs.find(root)):
+    found = fs.find(root, detail=True)
+    for path in sorted(found):
         if skip and (path + "/").startswith(skip):
             continue
-        out.append((storage.to_uri(fs, path), path[len(root.rstrip("/")) + 1:]))
+        out.append((storage.to_uri(fs, path), path[len(root.rstrip("/")) + 1:], found[path].get("size")))
     return out
 
 
@@ -86,29 +88,37 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
         every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
         found = [f for f in every if is_media_file(f[1])]
         ignored = len(every) - len(found)
-    bad = [rel for _, rel in found if not is_media_file(rel)]
+    bad = [rel for _, rel, _ in found if not is_media_file(rel)]
     if bad:
         raise InputError(f"{input_uri}: {len(bad)} listed file(s) have no audio or video extension, "
                          f"e.g. {bad[0]!r}")
     return assign_output_dirs(found), ignored
 
 
-def assign_output_dirs(found: list[tuple[str, str]]) -> list[ArchiveInput]:
+def assign_output_dirs(found: list[tuple[str, str, int | None]]) -> list[ArchiveInput]:
     def sanitised(rel: str) -> str:
         parts = rel.split("/")
         parts[-1] = parts[-1][: len(parts[-1]) - len(extension(parts[-1]))]
         return "/".join(storage.safe_component(p) for p in parts)
 
-    names = [sanitised(rel) for _, rel in found]
+    names = [sanitised(rel) for _, rel, _ in found]
     counts: dict[str, int] = {}
     for n in names:
         counts[n.lower()] = counts.get(n.lower(), 0) + 1  # case-insensitive stores collide too
     out = []
-    for (uri, rel), name in zip(found, names):
+    for (uri, rel, size), name in zip(found, names):
         if counts[name.lower()] > 1:
             name = f"{name}~{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}"
-        out.append(ArchiveInput(uri, rel, name))
+        out.append(ArchiveInput(uri, rel, name, size))
     if len({i.uri for i in out}) != len(out):
         dup = next(u for u in (i.uri for i in out) if sum(j.uri == u for j in out) > 1)
         raise InputError(f"input {dup} is listed more than once")
     return out
+
+
+def largest_first(inputs: list[ArchiveInput]) -> list[ArchiveInput]:
+    """The order to separate in: largest files first (unknown sizes last, listing order kept
+    among equals). Each actor takes the next file when it is free, so a long file started
+    last would keep one actor busy alone while the others idle; started first, it runs while
+    the others get through the short ones."""
+    return sorted(inputs, key=lambda i: (i.size is None, -(i.size or 0)))

@@ -238,3 +238,22 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
     assert sr == 44100 and len(wave) == good["sub/b song.flac"][1]
     assert not [p for p in fs.find(f"{bucket}/out") if "/_tmp/" in p or p.rsplit("/", 1)[-1].startswith(".")]
     assert fs.exists(f"{bucket}/out/_manifest.csv")
+
+
+def test_workers_of_a_local_start_import_the_preloaded_modules(tmp_path):
+    """``init_ray(preload=...)`` (what ``separate-archive`` does when it starts Ray): every worker
+    has the modules before it takes work; without it a task's worker does not."""
+    script = (
+        "import sys\n"
+        "import ray\n"
+        "from clipsep_ray.runtime import init_ray\n"
+        "init_ray(num_cpus=1, preload=tuple(sys.argv[1:]), include_dashboard=False,"
+        " object_store_memory=80 * 2**20)\n"
+        "loaded = ray.remote(num_cpus=0.1)(lambda: 'clipsep_ray.synth.videos' in sys.modules)\n"
+        "print('LOADED', ray.get(loaded.remote()))\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    for preload, expected in ((["clipsep_ray.synth.videos"], "LOADED True"), ([], "LOADED False")):
+        run = subprocess.run([sys.executable, "-c", script, *preload], capture_output=True, text=True, timeout=120,
+                             cwd=str(tmp_path), env=env)
+        assert expected in run.stdout, run.stdout + run.stderr
