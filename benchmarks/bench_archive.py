@@ -115,11 +115,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="benchmarks/results/archive_cpu.jsonl")
     args = p.parse_args(argv)
 
-    from clipsep_ray.batch.archive import WORKER_PRELOAD
     from clipsep_ray.runtime import cpu_has_bf16, init_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init_ray(preload=WORKER_PRELOAD)  # the local Ray `separate-archive` starts
+    init_ray()
     queries = ["dog barking", "siren", "violin", "rain"][: args.queries]
     work = tempfile.mkdtemp(prefix="bench-archive-")
     machine = {"cpus": os.cpu_count(), "cpu": describe_machine(), "bf16": cpu_has_bf16()}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 #: Precision names every config field and option accepts.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -27,7 +27,7 @@ def ray_address(address: str | None = None) -> str | None:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True,
-             preload: Sequence[str] = (), **kwargs: Any) -> bool:
+             **kwargs: Any) -> bool:
     """Join the cluster at ``address`` / ``RAY_ADDRESS``, or start a local one; a no-op when
     Ray is already initialised. Returns True when this call started or joined Ray.
 
@@ -35,10 +35,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_
     has its dashboard: it serves the state API, which Ray Train's placement-group cleaner polls
     every second; without it the demo printed 109 "Failed to query Ray Train Controller actor
     state" warnings (issue 14), and a crashed controller's placement group would not be freed.
-
-    ``preload``: modules every worker of a local start imports before it takes work (Ray's
-    ``preload_python_modules``), so actors that need them start without the wait. A cluster
-    that is joined keeps its own setting (``RAY_preload_python_modules`` where it starts).
     """
     import ray
 
@@ -49,8 +45,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_
     if target:
         ray.init(address=target, log_to_driver=log_to_driver, **kwargs)
     else:
-        if preload:
-            kwargs["_system_config"] = {**kwargs.get("_system_config", {}), "preload_python_modules": list(preload)}
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, log_to_driver=log_to_driver, **kwargs)
     return True
 

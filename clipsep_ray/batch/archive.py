@@ -34,10 +34,6 @@ PIPELINES = ("auto", "staged", "fused")
 COLUMNS = ("input", "relative_path", "status", "error", "duration_s", "sample_rate", "channels", "outputs",
            "seconds", "checkpoint", "queries")
 _WRITER_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # audio.io.StreamingAudioWriter's temporary names
-#: What the workers of a local Ray started for a job import before taking work: a model actor
-#: then starts on a worker that has torch and the separation code loaded. Its constructor went
-#: from 3.1 to 0.7 s (paper, 2 actors on 2 cores; RESULTS "Archive start-up").
-WORKER_PRELOAD = ("torch", "clipsep_ray.separate")
 
 
 class ArchiveError(ValueError):
@@ -141,14 +137,22 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     model = {"checkpoint": checkpoint, "names": names, "projections": projections, "output_uri": output_uri,
              "device": device, "block_seconds": block_seconds}
     if mode == "fused":
-        return ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}).iter_rows()
+        return _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
                      block_seconds=block_seconds)
     ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus)
     ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs=model)
     ds = ds.map_batches(stages.per_row(encode, "encode"), batch_size=1, num_cpus=task_cpus)
-    return ds.iter_rows()
+    return _rows(ds)
+
+
+def _rows(ds):
+    """The rows, each as soon as its block is done. ``iter_rows`` prefetches a batch: a file's row
+    reached the driver only when the next file was done too (12 s late for a 3-minute paper file),
+    so progress and the manifest lagged a file behind."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        yield from stages.rows_of(batch)
 
 
 def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, output_uri: str, *, fmt: str = "flac",
@@ -228,7 +232,7 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
     from clipsep_ray.runtime import cluster_gpus, init_ray
 
-    init_ray(address, preload=WORKER_PRELOAD)
+    init_ray(address)
     gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     peak = {s: 0.0 for s in stages.STAGES}

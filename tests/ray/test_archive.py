@@ -240,20 +240,32 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
     assert fs.exists(f"{bucket}/out/_manifest.csv")
 
 
-def test_workers_of_a_local_start_import_the_preloaded_modules(tmp_path):
-    """``init_ray(preload=...)`` (what ``separate-archive`` does when it starts Ray): every worker
-    has the modules before it takes work; without it a task's worker does not."""
-    script = (
-        "import sys\n"
-        "import ray\n"
-        "from clipsep_ray.runtime import init_ray\n"
-        "init_ray(num_cpus=1, preload=tuple(sys.argv[1:]), include_dashboard=False,"
-        " object_store_memory=80 * 2**20)\n"
-        "loaded = ray.remote(num_cpus=0.1)(lambda: 'clipsep_ray.synth.videos' in sys.modules)\n"
-        "print('LOADED', ray.get(loaded.remote()))\n")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    for preload, expected in ((["clipsep_ray.synth.videos"], "LOADED True"), ([], "LOADED False")):
-        run = subprocess.run([sys.executable, "-c", script, *preload], capture_output=True, text=True, timeout=120,
-                             cwd=str(tmp_path), env=env)
-        assert expected in run.stdout, run.stdout + run.stderr
+
+def test_a_row_reaches_the_driver_when_its_file_is_done_not_when_the_next_one_is(ray_local, tmp_path):
+    """The second row's work waits (at most 20 s) for a flag the consumer sets on receiving the
+    first row: with a prefetching iterator the first row is held back until the second is done,
+    and the second then reports that it gave up waiting."""
+    import ray
+
+    from clipsep_ray.batch.archive import _rows
+
+    flag = tmp_path / "first-row-received"
+
+    def work(batch):
+        if batch["i"][0] == 1:
+            deadline = time.time() + 20
+            while not flag.exists() and time.time() < deadline:
+                time.sleep(0.05)
+            batch["saw_flag"] = np.array([flag.exists()])
+        else:
+            batch["saw_flag"] = np.array([False])
+        return batch
+
+    ds = ray.data.from_items([{"i": 0}, {"i": 1}], override_num_blocks=2).map_batches(
+        work, batch_size=1, num_cpus=0.5)
+    got = []
+    for row in _rows(ds):
+        got.append(row)
+        flag.touch()
+    assert [r["i"] for r in got] == [0, 1]
+    assert got[1]["saw_flag"], "the first row reached the consumer only after the second row's work ended"
