@@ -240,7 +240,6 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
     assert fs.exists(f"{bucket}/out/_manifest.csv")
 
 
-
 def test_a_row_reaches_the_driver_when_its_file_is_done_not_when_the_next_one_is(ray_local, tmp_path):
     """The second row's work waits (at most 20 s) for a flag the consumer sets on receiving the
     first row: with a prefetching iterator the first row is held back until the second is done,
