@@ -92,6 +92,22 @@ def _check_complete(name: str, f: "sf.SoundFile") -> None:
                                      f"the file holds {m.group(2)}")
 
 
+def _ffmpeg_reason(e: Exception) -> str:
+    """FFmpeg's own words ("Invalid data found when processing input"), without the errno and the
+    path that PyAV's message repeats (the path is already in :class:`AudioDecodeError`)."""
+    return f"{getattr(e, 'strerror', None) or e} (ffmpeg)"
+
+
+def _soundfile_reason(e: Exception) -> str:
+    """libsndfile's reason. For bytes it cannot parse as the format its extension names (random
+    bytes as ``.mp3``), it says "File does not exist or is not a regular file (possibly a pipe?)"
+    of a file that exists: that is replaced by what it means."""
+    text = str(e)
+    if "does not exist or is not a regular file" in text:
+        return "not a format it recognises"
+    return re.sub(r"^Error opening .*?: ", "", text)
+
+
 class AudioReader:
     """Streaming decoder of one source. Use as a context manager.
 
@@ -144,7 +160,7 @@ class AudioReader:
         try:
             self._av = av.open(target, mode="r")
         except (av.FFmpegError, OSError, ValueError) as e:
-            reason = f"{e}" + (f"; soundfile: {sf_error}" if sf_error else "")
+            reason = _ffmpeg_reason(e) + (f"; soundfile: {_soundfile_reason(sf_error)}" if sf_error else "")
             raise AudioDecodeError(self.name, f"corrupt or unsupported: {reason}") from e
         if not self._av.streams.audio:
             raise AudioDecodeError(self.name, "no audio stream")
@@ -341,18 +357,27 @@ def _format_for(dest: str, format: str | None, subtype: str | None) -> tuple[str
     return fmt, (subtype or default_subtype)
 
 
+def to_pcm16(wave) -> np.ndarray:
+    """Float audio in [-1, 1] (clipped beyond) -> int16 PCM, as the 16-bit subtypes store it.
+    numpy's rounding is about 3x faster than libsndfile's float conversion, which matters when
+    one input becomes many stems."""
+    return np.rint(np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
 def _prepare(wave, subtype: str) -> np.ndarray:
-    """(T,) or (C, T) -> soundfile's (T, C); clipped unless the subtype is float."""
-    arr = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave, dtype=np.float32)
+    """(T,) or (C, T) float, or int16 PCM (:func:`to_pcm16`) -> soundfile's (T, C); clipped
+    unless the subtype is float."""
+    arr = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave)
     if arr.ndim not in (1, 2):
         raise ValueError(f"audio must be (T,) or (C, T), got shape {arr.shape}")
     arr = arr if arr.ndim == 1 else arr.T
+    if arr.dtype == np.int16:
+        return arr if subtype == "PCM_16" else arr.astype(np.float32) / 32767.0
+    arr = arr.astype(np.float32, copy=False)
     if subtype in ("FLOAT", "DOUBLE"):
         return arr
     if subtype == "PCM_16":
-        # Quantise here: numpy's rounding is about 3x faster than libsndfile's float conversion,
-        # which matters when one input becomes many stems.
-        return np.rint(np.clip(arr, -1.0, 1.0) * 32767.0).astype(np.int16)
+        return to_pcm16(arr)
     return np.clip(arr, -1.0, 1.0)
 
 

@@ -127,14 +127,18 @@ def test_mp4_without_audio_raises_naming_file(tmp_path):
 
 
 def test_corrupt_bytes_raise_naming_file(tmp_path):
-    for name in ("junk.wav", "junk.mp4", "junk.bin"):
+    for name in ("junk.wav", "junk.mp4", "junk.bin", "junk.mp3"):
         path = tmp_path / name
         # Seeded junk: os.urandom bytes now and then looked like the start of some container to a
         # decoder, which then failed with another message (1 run in a few).
         path.write_bytes(np.random.default_rng(129).bytes(64) + b"not audio at all" * 8)
         with pytest.raises(AudioDecodeError, match="corrupt or unsupported") as info:
             load_audio(path)
-        assert name in str(info.value)
+        message = str(info.value)
+        assert name in message
+        # The decoders' reasons, without libsndfile's "File does not exist" for a file that exists
+        # (its words for bytes that are not an mp3) or PyAV's errno.
+        assert "(ffmpeg)" in message and "does not exist" not in message and "Errno" not in message
 
 
 def test_zero_length_file_raises_naming_file(tmp_path):
@@ -411,3 +415,17 @@ def test_encode_audio_in_memory_matches_the_written_file(tmp_path, fmt):
     np.testing.assert_array_equal(got, ref)
     with pytest.raises(ValueError, match="unsupported format"):
         encode_audio(wave, 16000, "xyz")
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_int16_pcm_encodes_to_the_same_bytes_as_the_float_audio_it_came_from(fmt):
+    from clipsep_ray.audio.io import encode_audio, to_pcm16
+
+    wave = (np.random.default_rng(1).standard_normal(1600) * 0.5).astype(np.float32)  # some samples clip
+    pcm = to_pcm16(wave)
+    assert pcm.dtype == np.int16 and pcm.max() == 32767
+    assert encode_audio(pcm, 16000, fmt) == encode_audio(wave, 16000, fmt)
+    # Into a lossy float codec the PCM is scaled back to [-1, 1] (Vorbis overshoots a little), not
+    # written as sample counts.
+    back, _ = sf.read(io.BytesIO(encode_audio(pcm, 16000, "ogg")), dtype="float32")
+    assert np.abs(back).max() < 2.0 and np.corrcoef(back, np.clip(wave, -1, 1))[0, 1] > 0.95
