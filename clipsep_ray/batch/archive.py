@@ -156,7 +156,7 @@ def _rows(ds):
 
 
 def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, output_uri: str, *, fmt: str = "flac",
-                     actors: int = 1, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
+                     actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
                      task_cpus: float = 0.5, address: str | None = None, endpoint: str | None = None,
                      overwrite: bool = False, block_seconds: float = 30.0, object_store_mb: float | None = None,
                      pipeline: str = "auto", log: Callable[[str], None] = print) -> dict:
@@ -166,13 +166,16 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
 
     ``pipeline``: "staged" (decode and encode in CPU tasks, the model in the actors), "fused" (each
     actor decodes, separates and encodes its inputs in one pass) or "auto": staged when the model
-    actors have GPUs, fused on CPUs.
+    actors have GPUs, fused on CPUs. ``actors`` None: as many as the cluster holds
+    (:func:`actor_count`).
     """
     t0 = time.time()
     if pipeline not in PIPELINES:
         raise ArchiveError(f"--pipeline must be one of {', '.join(PIPELINES)}, not {pipeline!r}")
     if fmt not in FORMATS:
         raise ArchiveError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if actors is not None and actors < 1:
+        raise ArchiveError(f"--actors must be at least 1, not {actors}")
     endpoint = storage.endpoint_url(endpoint)
     output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
     names, projections, model_sr = _check_model(checkpoint, queries, fmt)
@@ -183,7 +186,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     already = len(rows)
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
         + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
-    run = {"separated": 0, "pipeline": None, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
+    run = {"separated": 0, "pipeline": None, "actors": 0, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     if todo:
         run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
                         actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
@@ -227,18 +230,42 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 
+def actor_count(requested: int | None, *, mode: str, files: int, cpus_per_actor: float, task_cpus: float,
+                gpus_per_actor: float, cluster_cpus: float, cluster_gpus: float) -> int:
+    """``requested`` (or, when None, as many model actors as the cluster holds), at most one per input.
+
+    With GPUs, one per ``gpus_per_actor`` of them; on CPUs, one per ``cpus_per_actor``. The staged
+    pipeline keeps a decode and an encode task's CPUs (``task_cpus`` each) free of actors, or its
+    tasks would wait forever. The default was 1 actor of 1 CPU: a laptop's job used one of its
+    cores while ``clipsep-ray separate`` used them all. The count is the cluster's size now: an
+    autoscaling cluster that would grow needs ``--actors``.
+    """
+    if requested is not None:
+        return max(1, min(requested, files))
+    free = cluster_cpus - (2 * task_cpus if mode == "staged" else 0.0)
+    fit = math.floor(free / cpus_per_actor + 1e-9) if cpus_per_actor > 0 else files
+    if gpus_per_actor > 0:
+        fit = min(fit, math.floor(cluster_gpus / gpus_per_actor + 1e-9))
+    return max(1, min(fit, files))
+
+
 def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor: float | None, pipeline: str,
               address: str | None, output_uri: str, endpoint, log, **pipeline_kw) -> dict:
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
-    from clipsep_ray.runtime import cluster_gpus, init_ray
+    from clipsep_ray.runtime import cluster_cpus, cluster_gpus, init_ray
 
     init_ray(address)
     gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
+    actors = actor_count(pipeline_kw.pop("actors"), mode=mode, files=len(todo), gpus_per_actor=gpus,
+                         cluster_gpus=cluster_gpus(), cluster_cpus=cluster_cpus(),
+                         **{k: pipeline_kw[k] for k in ("cpus_per_actor", "task_cpus")})
+    log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({pipeline_kw['cpus_per_actor']:g} CPU"
+        + (f", {gpus:g} GPU" if gpus else "") + f" each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
     for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], output_uri=output_uri,
-                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, **pipeline_kw):
+                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors, **pipeline_kw):
         ok = r["status"] == "ok"
         separated += ok
         for s in stages.STAGES:
@@ -255,7 +282,8 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor
         if time.time() - last_write > 10:  # the manifest survives a kill, a few rows behind at most
             write_manifest(output_uri, list(rows.values()), endpoint)
             last_write = time.time()
-    return {"separated": separated, "pipeline": mode, "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
+    return {"separated": separated, "pipeline": mode, "actors": actors,
+            "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
 
 
 class _Progress:

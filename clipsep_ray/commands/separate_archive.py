@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", action="append", required=True, metavar="TEXT", help="a sound to extract; repeat for several")
     p.add_argument("--format", choices=["flac", "wav"], default="flac",
                    help="output format (default flac: lossless, so stems + residual add up to the input)")
-    options.add_actors(p, 1, "model actors in the pool")
+    options.add_actors(p, None, "model actors in the pool; default: as many as the cluster's GPUs or CPUs hold "
+                                "(--gpus-per-actor, --cpus-per-actor), at most one per input")
     p.add_argument("--gpus-per-actor", type=float, default=None, metavar="F",
                    help="GPUs per model actor (default: 1 when the cluster has GPUs, else 0); 0.5 puts 2 actors on a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="F", help="CPUs per model actor")

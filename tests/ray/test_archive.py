@@ -145,6 +145,8 @@ def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, arch
     first = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5,
                              pipeline=pipeline)
     assert first["pipeline"] == pipeline
+    # No --actors: as many as the 2-CPU cluster holds at 0.5 CPU each (staged keeps 2 x 0.25 for its tasks).
+    assert first["actors"] == {"staged": 3, "fused": 4}[pipeline]
     assert first["inputs"] == len(good) + len(broken) and first["ignored"] == 1
     assert first["failed"] == len(broken) and first["separated"] == len(good)
     rows = _check_outputs(out, good, broken)

@@ -1,0 +1,46 @@
+"""How many model actors an archive job starts when ``--actors`` is not given."""
+from __future__ import annotations
+
+import pytest
+
+from clipsep_ray.batch.archive import actor_count
+
+
+def count(requested=None, *, mode="fused", files=100, cpus_per_actor=1.0, task_cpus=0.5, gpus_per_actor=0.0,
+          cluster_cpus=8.0, cluster_gpus=0.0) -> int:
+    return actor_count(requested, mode=mode, files=files, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
+                       gpus_per_actor=gpus_per_actor, cluster_cpus=cluster_cpus, cluster_gpus=cluster_gpus)
+
+
+def test_on_cpus_every_core_gets_an_actor():
+    assert count() == 8
+    assert count(cpus_per_actor=2.0) == 4
+    assert count(cpus_per_actor=3.0) == 2  # whole actors only
+    assert count(cpus_per_actor=0.5, cluster_cpus=2.0) == 4
+    assert count(cluster_cpus=1.0, cpus_per_actor=2.0) == 1  # at least one (Ray then waits for room)
+
+
+def test_the_staged_pipeline_keeps_room_for_a_decode_and_an_encode_task():
+    assert count(mode="staged") == 7  # 8 CPUs - 2 x 0.5 for the tasks
+    assert count(mode="staged", cluster_cpus=2.0, task_cpus=0.25, cpus_per_actor=0.5) == 3
+
+
+def test_with_gpus_the_gpus_decide():
+    assert count(mode="staged", gpus_per_actor=1.0, cluster_gpus=4.0, cluster_cpus=64.0) == 4
+    assert count(mode="staged", gpus_per_actor=0.5, cluster_gpus=4.0, cluster_cpus=64.0) == 8
+    assert count(mode="staged", gpus_per_actor=1.0, cluster_gpus=8.0, cluster_cpus=6.0) == 5  # CPUs too
+
+
+def test_a_given_count_is_kept_and_never_more_actors_than_inputs():
+    assert count(files=3) == 3
+    assert count(files=1, cluster_cpus=64.0) == 1
+    assert count(2, cluster_cpus=64.0) == 2
+    assert count(6, cluster_cpus=2.0) == 6  # more than the cores: the user's call
+    assert count(4, files=1) == 1  # a re-run with one input left starts one model
+
+
+def test_a_count_below_one_is_refused_before_any_work(tmp_path):
+    from clipsep_ray.batch.archive import ArchiveError, separate_archive
+
+    with pytest.raises(ArchiveError, match="--actors must be at least 1, not 0"):
+        separate_archive(str(tmp_path / "no.pt"), ["dog"], str(tmp_path), str(tmp_path / "out"), actors=0)
