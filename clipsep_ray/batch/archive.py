@@ -185,7 +185,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
     already = len(rows)
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
-        + (f"; {ignored} files ignored: no audio/video extension" if ignored else "") + ")")
+        + (f"; {ignored} file{'s' * (ignored != 1)} ignored: no audio/video extension" if ignored else "") + ")")
     run = {"separated": 0, "pipeline": None, "actors": 0, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     if todo:
         run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
