@@ -99,13 +99,14 @@ def _ffmpeg_reason(e: Exception) -> str:
 
 
 def _soundfile_reason(e: Exception) -> str:
-    """libsndfile's reason. For bytes it cannot parse as the format its extension names (random
-    bytes as ``.mp3``), it says "File does not exist or is not a regular file (possibly a pipe?)"
-    of a file that exists: that is replaced by what it means."""
-    text = str(e)
+    """libsndfile's reason, without the "Error opening '<path>': " that soundfile puts before it.
+    For bytes it cannot parse as the format its extension names (random bytes as ``.mp3``), it
+    says "File does not exist or is not a regular file (possibly a pipe?)" of a file that exists:
+    that is replaced by what it means."""
+    text = getattr(e, "error_string", None) or str(e)
     if "does not exist or is not a regular file" in text:
         return "not a format it recognises"
-    return re.sub(r"^Error opening .*?: ", "", text)
+    return text
 
 
 class AudioReader:
