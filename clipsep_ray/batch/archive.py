@@ -249,23 +249,24 @@ def actor_count(requested: int | None, *, mode: str, files: int, cpus_per_actor:
     return max(1, min(fit, files))
 
 
-def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, gpus_per_actor: float | None, pipeline: str,
-              address: str | None, output_uri: str, endpoint, log, **pipeline_kw) -> dict:
+def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | None, gpus_per_actor: float | None,
+              cpus_per_actor: float, task_cpus: float, pipeline: str, address: str | None, output_uri: str, endpoint,
+              log, **pipeline_kw) -> dict:
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
     from clipsep_ray.runtime import cluster_cpus, cluster_gpus, init_ray
 
     init_ray(address)
     gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
-    actors = actor_count(pipeline_kw.pop("actors"), mode=mode, files=len(todo), gpus_per_actor=gpus,
-                         cluster_gpus=cluster_gpus(), cluster_cpus=cluster_cpus(),
-                         **{k: pipeline_kw[k] for k in ("cpus_per_actor", "task_cpus")})
-    log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({pipeline_kw['cpus_per_actor']:g} CPU"
+    actors = actor_count(actors, mode=mode, files=len(todo), cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
+                         gpus_per_actor=gpus, cluster_cpus=cluster_cpus(), cluster_gpus=cluster_gpus())
+    log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({cpus_per_actor:g} CPU"
         + (f", {gpus:g} GPU" if gpus else "") + f" each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
     for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], output_uri=output_uri,
-                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors, **pipeline_kw):
+                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors, cpus_per_actor=cpus_per_actor,
+                       task_cpus=task_cpus, **pipeline_kw):
         ok = r["status"] == "ok"
         separated += ok
         for s in stages.STAGES:
