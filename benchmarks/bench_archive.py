@@ -13,23 +13,27 @@ one holding a ``--long-minutes`` file. Results: JSON lines appended to ``--out``
 
     python benchmarks/bench_archive.py --presets tiny paper --minutes 10 --long-minutes 180
 
-``--rounds N`` runs every variant N times, interleaved, and reports the medians (each round's
-seconds are kept): on 2 cores two runs of one 2-thread variant differed by up to 25%.
+``--rounds N`` runs every variant N times, interleaved (``timing.interleaved``), and reports the
+medians (each round's seconds are kept): on 2 cores two runs of one 2-thread variant differed by
+up to 25%.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved  # noqa: E402
 from timing import machine as describe_machine  # noqa: E402
 
 RATES = [(44100, 2), (16000, 1), (22050, 1), (48000, 2), (8000, 1), (32000, 1)]
@@ -63,8 +67,9 @@ def write_file(path: str, seconds: float, sr: int, channels: int, seed: int) -> 
             done += n
 
 
-def forward_only(checkpoint: str, seconds: float, queries: list[str]) -> float:
-    """Seconds for the model path alone (STFT, U-Net, masks, iSTFT) over ``seconds`` of model-rate audio."""
+def forward_only(checkpoint: str, seconds: float, queries: list[str]) -> Callable[[], object]:
+    """The model path alone (STFT, U-Net, masks, iSTFT) over ``seconds`` of model-rate audio, as a
+    call to time: the model is loaded and warmed up here, outside the timing."""
     import torch
 
     from clipsep_ray.separate import Separator, separate
@@ -73,23 +78,19 @@ def forward_only(checkpoint: str, seconds: float, queries: list[str]) -> float:
     _, proj = sep.projections(queries)
     x = torch.randn(int(sep.cfg.audio.sample_rate * seconds)) * 0.1
     separate(sep.model, sep.frontend, x[: sep.cfg.audio.sample_rate * 5], proj, sep.cfg.inference)  # warm-up
-    t0 = time.perf_counter()
-    separate(sep.model, sep.frontend, x, proj, sep.cfg.inference)
-    return time.perf_counter() - t0
+    return lambda: separate(sep.model, sep.frontend, x, proj, sep.cfg.inference)
 
 
-def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> float:
+def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> None:
+    """What `clipsep-ray separate FOLDER` does; timed whole, loading the checkpoint and the CLIP
+    text tower included, as the archive job's times include its actors' start and model loading."""
     from clipsep_ray.commands.separate import collect_inputs
     from clipsep_ray.separate import Separator
 
-    # Timed as `clipsep-ray separate FOLDER` runs: loading the checkpoint and the CLIP text tower
-    # included, as the archive job's times include its actors' start and model loading.
-    t0 = time.perf_counter()
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
     names, _ = sep.projections(queries)
     for src, name in collect_inputs([folder]):
         sep.separate_file(src, f"{out}/{name}", names, format="flac")
-    return time.perf_counter() - t0
 
 
 def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int, pipeline: str) -> dict:
@@ -98,8 +99,17 @@ def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: 
     # The whole box either way: one actor with 2 CPUs (2 threads) or two with 1 each (staged: minus
     # what the decode and encode tasks reserve).
     cpus = (2.0 if actors == 1 else 1.0) if pipeline == "fused" else (1.5 if actors == 1 else 0.75)
-    return separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
-                            pipeline=pipeline, log=lambda m: None)
+    s = separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
+                         pipeline=pipeline, log=lambda m: None)
+    assert s["failed"] == 0, s["failures"]
+    return s
+
+
+def each_in_new_folder(run: Callable[[str], object], root: str) -> Callable[[], object]:
+    """``run(out)`` as a call to time, each call writing to a new folder ``root-N`` (the archive job
+    would skip every input already done in a folder it wrote before)."""
+    n = itertools.count()
+    return lambda: run(f"{root}-{next(n)}")
 
 
 def main(argv=None) -> None:
@@ -131,28 +141,25 @@ def main(argv=None) -> None:
         audio_h = args.minutes / 60
         for preset in args.presets:
             ckpt = make_checkpoint(preset, work)
-            runs: dict[str, list[float]] = {}
-            for r in range(args.rounds):  # interleaved: a slow spell of the box touches every variant alike
-                runs.setdefault("forward_only", []).append(forward_only(ckpt, args.minutes * 60, queries))
-                runs.setdefault("plain_loop", []).append(
-                    plain_loop(ckpt, folder, os.path.join(work, f"plain-{preset}-{r}"), queries))
-                for pipeline in args.pipelines:
-                    for actors in args.actors:
-                        t0 = time.perf_counter()
-                        s = archive(ckpt, folder, os.path.join(work, f"archive-{preset}-{pipeline}-{actors}-{r}"),
-                                    queries, actors, pipeline)
-                        assert s["failed"] == 0, s["failures"]
-                        runs.setdefault(f"{pipeline}_{actors}_actors", []).append(time.perf_counter() - t0)
-            rows = {k: float(np.median(v)) for k, v in runs.items()}
+            variants = {"forward_only": forward_only(ckpt, args.minutes * 60, queries),
+                        "plain_loop": each_in_new_folder(lambda out: plain_loop(ckpt, folder, out, queries),
+                                                         os.path.join(work, f"plain-{preset}")),
+                        **{f"{p}_{a}_actors": each_in_new_folder(
+                            lambda out, p=p, a=a: archive(ckpt, folder, out, queries, a, p),
+                            os.path.join(work, f"archive-{preset}-{p}-{a}"))
+                           for p in args.pipelines for a in args.actors}}
+            # Interleaved, the starting variant rotating: a slow spell of the box touches every variant alike.
+            timed = interleaved(variants, args.rounds, warmup=0)
+            rows = {k: t["median"] for k, t in timed.items()}
             fwd, plain = rows["forward_only"], rows["plain_loop"]
-            variants = [(p, a) for p in args.pipelines for a in args.actors]
+            pairs = [(p, a) for p in args.pipelines for a in args.actors]
             result = {"bench": "archive_throughput", "preset": preset, "queries": len(queries), "files": args.files,
                       "audio_hours": audio_h, "rounds": args.rounds, "machine": machine,
                       "seconds": {k: round(v, 2) for k, v in rows.items()},
-                      "seconds_each_round": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+                      "seconds_each_round": {k: [round(x, 2) for x in t["runs"]] for k, t in timed.items()},
                       "audio_hours_per_hour": {k: round(audio_h * 3600 / v, 1) for k, v in rows.items()},
-                      **{f"{p}_{a}_vs_plain": round(plain / rows[f"{p}_{a}_actors"], 3) for p, a in variants},
-                      **{f"{p}_{a}_vs_forward_only": round(fwd / rows[f"{p}_{a}_actors"], 3) for p, a in variants},
+                      **{f"{p}_{a}_vs_plain": round(plain / rows[f"{p}_{a}_actors"], 3) for p, a in pairs},
+                      **{f"{p}_{a}_vs_forward_only": round(fwd / rows[f"{p}_{a}_actors"], 3) for p, a in pairs},
                       **{f"{p}_speedup_2_actors": round(rows[f"{p}_1_actors"] / rows[f"{p}_2_actors"], 3)
                          for p in args.pipelines if {1, 2} <= set(args.actors)}}
             print(json.dumps(result), flush=True)
@@ -166,7 +173,6 @@ def main(argv=None) -> None:
                     write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
                     t0 = time.perf_counter()
                     s = archive(ckpt, d, os.path.join(work, f"mem-out-{pipeline}-{minutes:g}"), queries, 1, pipeline)
-                    assert s["failed"] == 0, s["failures"]
                     peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
                     shutil.rmtree(d)
                 result = {"bench": "archive_memory", "preset": args.presets[0], "pipeline": pipeline,
