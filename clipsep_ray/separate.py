@@ -6,6 +6,10 @@ Every consumer (validation, evaluation, the CLI, the batch job, Serve) goes thro
 the number of queries (late fusion: the U-Net features do not depend on the query),
 each query then costs one inner product, the inverse warp and an iSTFT, and the
 windows are cross-faded back together. Memory is bounded by one batch of windows.
+
+The query-independent half (:func:`analyse_stream`: spectra and U-Net features) and the
+per-query half (:func:`synthesise_stream`) are separate steps, so Serve keeps the first for
+an upload and answers a re-query with the second alone (``Separator.analyse`` / ``synthesise``).
 """
 from __future__ import annotations
 
@@ -42,34 +46,36 @@ def window_features(model: SeparationModel, log_mag: Tensor, precision: str, dev
         return model.features(log_mag.to(device))
 
 
-@torch.no_grad()
-def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
-                    projections: Tensor | None, cfg: InferenceConfig | None = None,
-                    device: torch.device | str = "cpu", features: FeaturesFn | None = None) -> Iterator[Tensor]:
-    """Separate a stream of mono blocks at the model rate.
+@dataclass
+class WindowBatch:
+    """The query-independent part of one batch of windows: the mixture spectra (B, F, N) and
+    the U-Net features (B, k, W, N). The last item of a stream carries ``total``, the stream's
+    length in samples, and may hold no windows (``spec is None``)."""
 
-    blocks: iterable of (T_i,) float tensors (any sizes); projections: (Q, k) query
-    projections (``model.project(embeddings)``), None for PIT. Yields (Q, M_i) estimate
-    chunks, in order, that together have exactly sum(T_i) samples. ``features`` replaces
-    the U-Net pass (see :data:`FeaturesFn`); it is called once per batch of windows, in order.
-    """
+    spec: Tensor | None
+    features: Tensor | None
+    total: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.spec, self.features) if t is not None)
+
+
+@torch.no_grad()
+def analyse_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
+                   cfg: InferenceConfig | None = None, device: torch.device | str = "cpu",
+                   features: FeaturesFn | None = None) -> Iterator[WindowBatch]:
+    """Mono blocks at the model rate -> their overlapping windows' spectra and U-Net features,
+    ``cfg.batch_windows`` windows per item, computed as the blocks arrive (see :func:`separate_stream`)."""
     cfg = cfg or InferenceConfig()
     device = torch.device(device)
     window = frontend.clip_samples
-    overlap = int(round(cfg.overlap * window))
-    hop = window - overlap
-    channels = model.num_outputs(projections)
-    ola = OverlapAdd(window, hop, channels, crossfade(window, overlap))
-    proj = projections.to(device) if projections is not None else None
+    hop = window - int(round(cfg.overlap * window))
     extract = features or (lambda log_mag: window_features(model, log_mag, cfg.precision, device))
 
-    def run(windows: list[Tensor]) -> Tensor:
-        waves = torch.stack(windows).to(device)
-        spec, _, log_mag = frontend.analyse(waves)
-        feats = extract(log_mag).to(device)
-        logits = model.mask_logits(feats, proj)
-        masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
-        return frontend.reconstruct(masks, spec, window).cpu()
+    def batch(windows: list[Tensor], total: int | None = None) -> WindowBatch:
+        spec, _, log_mag = frontend.analyse(torch.stack(windows).to(device))
+        return WindowBatch(spec, extract(log_mag).to(device), total)
 
     buf = torch.zeros(0)
     total = taken = 0
@@ -82,17 +88,59 @@ def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: 
             pending.append(buf[:window].clone())
             buf, taken = buf[hop:], taken + 1
             if len(pending) == cfg.batch_windows:
-                yield ola.add(run(pending))
+                yield batch(pending)
                 pending = []
     if total == 0:
         raise ValueError("cannot separate an empty signal")
     while taken < num_windows(total, window, hop):
         pending.append(torch.nn.functional.pad(buf[:window], (0, window - min(window, buf.numel()))))
         buf, taken = buf[hop:], taken + 1
-    # The last windows are zero-padded past the end: cut what they add beyond ``total``.
-    before = ola.emitted
-    tail = torch.cat([ola.add(run(pending)) if pending else torch.zeros(channels, 0), ola.finish(total)], dim=1)
-    yield tail[:, : total - before]
+    yield batch(pending, total) if pending else WindowBatch(None, None, total)
+
+
+@torch.no_grad()
+def synthesise_stream(model: SeparationModel, frontend: SpectralFrontEnd, batches: Iterable[WindowBatch],
+                      projections: Tensor | None, cfg: InferenceConfig | None = None,
+                      device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """:func:`analyse_stream`'s items + (Q, k) projections -> (Q, M_i) estimate chunks: per query
+    an inner product with the features, the mask, the inverse warp and an iSTFT, cross-faded."""
+    cfg = cfg or InferenceConfig()
+    device = torch.device(device)
+    window = frontend.clip_samples
+    overlap = int(round(cfg.overlap * window))
+    channels = model.num_outputs(projections)
+    ola = OverlapAdd(window, window - overlap, channels, crossfade(window, overlap))
+    proj = projections.to(device) if projections is not None else None
+
+    def run(b: WindowBatch) -> Tensor:
+        if b.spec is None:
+            return torch.zeros(channels, 0)
+        logits = model.mask_logits(b.features, proj)
+        masks = torch.sigmoid(logits) if cfg.soft_masks else (logits > 0).float()
+        return ola.add(frontend.reconstruct(masks, b.spec, window).cpu())
+
+    for b in batches:
+        if b.total is None:
+            yield run(b)
+            continue
+        # The last windows are zero-padded past the end: cut what they add beyond ``total``.
+        before = ola.emitted
+        yield torch.cat([run(b), ola.finish(b.total)], dim=1)[:, : b.total - before]
+
+
+def separate_stream(model: SeparationModel, frontend: SpectralFrontEnd, blocks: Iterable[Tensor],
+                    projections: Tensor | None, cfg: InferenceConfig | None = None,
+                    device: torch.device | str = "cpu", features: FeaturesFn | None = None) -> Iterator[Tensor]:
+    """Separate a stream of mono blocks at the model rate.
+
+    blocks: iterable of (T_i,) float tensors (any sizes); projections: (Q, k) query
+    projections (``model.project(embeddings)``), None for PIT. Yields (Q, M_i) estimate
+    chunks, in order, that together have exactly sum(T_i) samples. ``features`` replaces
+    the U-Net pass (see :data:`FeaturesFn`); it is called once per batch of windows, in order.
+    The two halves run in lockstep, so memory holds one batch of windows.
+    """
+    batches = analyse_stream(model, frontend, blocks, cfg, device, features)
+    return synthesise_stream(model, frontend, batches, projections, cfg, device)
 
 
 def separate(model: SeparationModel, frontend: SpectralFrontEnd, waveform: Tensor, projections: Tensor | None,
@@ -177,6 +225,25 @@ class Separation(Mapping):
         return len(self.stems)
 
 
+@dataclass
+class Analysis:
+    """What every query of one input shares: the input (mono, its own rate) and its windows'
+    spectra and U-Net features (:func:`analyse_stream`'s items)."""
+
+    wave: Tensor
+    sample_rate: int
+    batches: Iterable[WindowBatch]
+
+    def kept(self) -> Analysis:
+        """The same analysis with its batches computed and held, for any number of queries."""
+        return Analysis(self.wave, self.sample_rate, list(self.batches))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by a kept analysis (the input and every batch)."""
+        return self.wave.numel() * self.wave.element_size() + sum(b.nbytes for b in self.batches)
+
+
 class Separator:
     """A loaded model, its front end and query encoder, ready to separate audio at any rate."""
 
@@ -237,12 +304,12 @@ class Separator:
         with torch.no_grad():
             return names, self.model.project(emb.to(self.device)).float()
 
-    def separate(self, waveform, sample_rate: int, queries, features: FeaturesFn | None = None,
-                 projected: tuple[list[str], Tensor | None] | None = None) -> Separation:
-        """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length.
+    def analyse(self, waveform, sample_rate: int, features: FeaturesFn | None = None) -> Analysis:
+        """Mono or (C, T) audio at any rate -> its :class:`Analysis` (lazy: the U-Net runs as
+        the batches are read; ``.kept()`` holds them for more than one :meth:`synthesise`).
 
         Multichannel input is averaged to mono (the model is mono). ``features`` replaces the
-        U-Net pass (:data:`FeaturesFn`); ``projected`` gives ``projections(queries)`` already made.
+        U-Net pass (:data:`FeaturesFn`).
         """
         from clipsep_ray.audio.io import resample
 
@@ -253,14 +320,31 @@ class Separator:
             raise ValueError(f"waveform must be a non-empty (T,) or (C, T) array, got shape {tuple(wave.shape)}")
         if not torch.isfinite(wave).all():
             raise ValueError("waveform contains NaN or infinite samples")
+        x = resample(wave, sample_rate, self.cfg.audio.sample_rate)
+        batches = analyse_stream(self.model, self.frontend, [x], self.cfg.inference, self.device, features)
+        return Analysis(wave, int(sample_rate), batches)
+
+    def synthesise(self, analysis: Analysis, queries,
+                   projected: tuple[list[str], Tensor | None] | None = None) -> Separation:
+        """An :class:`Analysis` + queries -> {query: stem, "residual": rest}, at the input's rate and
+        length. ``projected`` gives ``projections(queries)`` already made."""
+        from clipsep_ray.audio.io import resample
+
         names, proj = projected or self.projections(queries)
-        model_sr = self.cfg.audio.sample_rate
-        x = resample(wave, sample_rate, model_sr)
-        est = separate(self.model, self.frontend, x, proj, self.cfg.inference, self.device, features)
-        est = resample(est, model_sr, sample_rate)[:, : wave.numel()]
+        wave = analysis.wave
+        est = torch.cat(list(synthesise_stream(self.model, self.frontend, analysis.batches, proj,
+                                               self.cfg.inference, self.device)), dim=1)
+        est = resample(est, self.cfg.audio.sample_rate, analysis.sample_rate)[:, : wave.numel()]
         stems = {n: est[i].numpy() for i, n in enumerate(names)}
         stems[RESIDUAL] = (wave - est.sum(dim=0)).numpy()
-        return Separation(stems, sample_rate)
+        return Separation(stems, analysis.sample_rate)
+
+    def separate(self, waveform, sample_rate: int, queries, features: FeaturesFn | None = None,
+                 projected: tuple[list[str], Tensor | None] | None = None) -> Separation:
+        """Mono or (C, T) audio at any rate -> {query: stem, "residual": rest}, same rate and length:
+        :meth:`analyse` then :meth:`synthesise`, in lockstep (one batch of windows in memory)."""
+        names_proj = projected or self.projections(queries)  # a bad query fails before the U-Net runs
+        return self.synthesise(self.analyse(waveform, sample_rate, features), queries, names_proj)
 
     def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
                       block_seconds: float = 60.0, info: dict | None = None,

@@ -1,11 +1,13 @@
 """``ClipSepModel``: the model replicas. Windows of concurrent requests share U-Net calls.
 
-Each request runs the one inference path (``Separator.separate`` / ``separate_file``, hence
-``separate_stream``) in a worker thread; its U-Net pass is replaced by a hook that hands each
-group of windows to :meth:`ClipSepModel.features_batch`, a ``@serve.batch`` method on the
-replica's event loop, which concatenates the groups of several requests into one U-Net call.
-The features of an upload are kept (a byte-bounded LRU) under its separation id: a re-query
-replays them, so it costs the projections, the masks and the iSTFT, not the U-Net.
+Each request runs the one inference path (``Separator.analyse`` + ``synthesise`` /
+``separate_file``, hence ``separate_stream``'s two halves) in a worker thread; its U-Net pass is
+replaced by a hook that hands each group of windows to :meth:`ClipSepModel.features_batch`, a
+``@serve.batch`` method on the replica's event loop, which concatenates the groups of several
+requests into one U-Net call. The analysis of an upload (its windows' spectra and U-Net
+features) is kept (a byte-bounded LRU) under its separation id: a re-query runs only
+``synthesise`` on it, so it costs the projections, the masks and the iSTFT, not the STFT or
+the U-Net.
 
 Ids are ``<replica tag>.<random hex>``; a replica "loads" each id it serves through
 ``@serve.multiplexed`` so re-queries sent with ``multiplexed_model_id=id`` are routed to it,
@@ -19,7 +21,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,19 +43,6 @@ def pcm16_stems(stems) -> dict[str, np.ndarray]:
 def _timing(t0: float, t1: float) -> dict[str, float]:
     """The replica's part of a request in ms: the queries' embeddings (t0 -> t1), then the separation."""
     return {"queries": 1000 * (t1 - t0), "separate": 1000 * (time.perf_counter() - t1)}
-
-
-@dataclass
-class Upload:
-    """What a re-query needs: the input (mono, its own rate) and the U-Net features of its windows."""
-
-    wave: np.ndarray
-    sample_rate: int
-    features: list[torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return self.wave.nbytes + sum(f.numel() * f.element_size() for f in self.features)
 
 
 class ClipSepModel:
@@ -99,12 +87,10 @@ class ClipSepModel:
         c["max_batch_windows"] = max(c["max_batch_windows"], sum(sizes))
         return [f.clone() for f in feats.split(sizes)]  # a view would keep the whole batch alive
 
-    def _batched_hook(self, loop: asyncio.AbstractEventLoop, record: list):
-        """A features function for a worker thread: sends each group to the batch, keeps the result."""
+    def _batched_hook(self, loop: asyncio.AbstractEventLoop):
+        """A features function for a worker thread: sends each group of windows to the batch."""
         def features(log_mag: torch.Tensor) -> torch.Tensor:
-            feats = asyncio.run_coroutine_threadsafe(self.features_batch(log_mag), loop).result()
-            record.append(feats)
-            return feats
+            return asyncio.run_coroutine_threadsafe(self.features_batch(log_mag), loop).result()
         return features
 
     async def _in_thread(self, fn, *args, **kwargs):
@@ -126,46 +112,40 @@ class ClipSepModel:
     # -- requests --------------------------------------------------------------------------
     async def separate(self, wave: np.ndarray, sample_rate: int, queries: list[str]) -> dict:
         """Mono input at its own rate -> {"id", "stems": {name: (T,) int16}, "timing"} or {"error"}."""
-        record: list[torch.Tensor] = []
-        hook = self._batched_hook(asyncio.get_running_loop(), record)
+        hook = self._batched_hook(asyncio.get_running_loop())
+        wave = np.array(wave, np.float32)  # a copy: the argument is a read-only view of Ray's object store
         try:
-            result, timing = await self._in_thread(self._separate, wave, sample_rate, queries, hook)
+            result, timing, analysis = await self._in_thread(
+                self._separate, queries, lambda: self.sep.analyse(wave, sample_rate, hook).kept())
         except QueryError as exc:
             return {"error": str(exc)}
         upload_id = f"{self.tag}.{uuid.uuid4().hex}"
-        upload = Upload(np.asarray(wave, np.float32), int(sample_rate), record)
-        if self.cache.put(upload_id, upload, upload.nbytes):
+        if self.cache.put(upload_id, analysis, analysis.nbytes):
             await self.hold(upload_id)
         return {"id": upload_id, "stems": result, "timing": timing}
 
     async def requery(self, upload_id: str, queries: list[str]) -> dict:
         """New queries on a kept upload: {"stems"} | {"error"} | {"missing": True} | {"elsewhere": True}."""
-        upload = self.cache.get(upload_id)
-        if upload is None:
+        analysis = self.cache.get(upload_id)
+        if analysis is None:
             return {"elsewhere": True} if upload_id.split(".")[0] != self.tag else {"missing": True}
-        replay = iter(upload.features)
-
-        def cached(log_mag: torch.Tensor) -> torch.Tensor:
-            feats = next(replay)
-            if feats.shape[0] != log_mag.shape[0]:
-                raise RuntimeError("cached features do not match the upload's windows")
-            return feats
-
         try:
-            result, timing = await self._in_thread(self._separate, upload.wave, upload.sample_rate, queries, cached)
+            result, timing, _ = await self._in_thread(self._separate, queries, lambda: analysis)
         except QueryError as exc:
             return {"error": str(exc)}
-        return {"stems": result, "sample_rate": upload.sample_rate, "timing": timing}
+        return {"stems": result, "sample_rate": analysis.sample_rate, "timing": timing}
 
-    def _separate(self, wave: np.ndarray, sample_rate: int, queries: list[str], features) -> tuple:
-        """(16-bit stems, timing), all in one request thread: the queries' projections, the
-        separation, and the quantisation (0.43 s for 3 stems of 10 minutes at 48 kHz on the
-        2-core box, which on the event loop would hold up every other request's batches)."""
+    def _separate(self, queries: list[str], analysed) -> tuple:
+        """(16-bit stems, timing, the kept analysis), all in one request thread: the queries'
+        projections, ``analysed()`` (the U-Net for a new upload, the cache for a re-query), the
+        synthesis, and the quantisation (0.43 s for 3 stems of 10 minutes at 48 kHz on the 2-core
+        box, which on the event loop would hold up every other request's batches)."""
         t0 = time.perf_counter()
         projected = self._projected(queries)
         t1 = time.perf_counter()
-        stems = pcm16_stems(self.sep.separate(wave, sample_rate, None, features, projected))
-        return stems, _timing(t0, t1)
+        analysis = analysed()
+        stems = pcm16_stems(self.sep.synthesise(analysis, None, projected))
+        return stems, _timing(t0, t1), analysis
 
     async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
         """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}."""
@@ -173,7 +153,7 @@ class ClipSepModel:
 
         try:
             projected = await self._in_thread(self._projected, queries)
-            hook = self._batched_hook(asyncio.get_running_loop(), [])
+            hook = self._batched_hook(asyncio.get_running_loop())
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
                                           projected=projected)

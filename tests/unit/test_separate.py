@@ -78,6 +78,33 @@ def test_queries_change_the_stems_and_the_text_cache_is_used(tiny_cfg, tiny_mode
     assert ("rain", False) in sep.query_encoder._cache
 
 
+def test_a_kept_analysis_answers_new_queries_as_a_fresh_separation_without_the_unet(tiny_cfg, tiny_model):
+    """Serve's re-query path: the spectra and U-Net features of an input, kept once, give every
+    later query set the stems a whole separation gives, and the U-Net never runs again."""
+    from clipsep_ray.separate import window_features
+
+    sep = Separator(tiny_model, tiny_cfg)
+    wave = np.random.default_rng(5).standard_normal(10 * 16000 + 123).astype(np.float32) * 0.2  # 16 kHz: resampled
+    calls = []
+
+    def counted(log_mag):
+        calls.append(log_mag.shape[0])
+        return window_features(sep.model, log_mag, "fp32", sep.device)
+
+    analysis = sep.analyse(wave, 16000, counted).kept()
+    assert sum(calls) > tiny_cfg.inference.batch_windows  # more than one batch of windows
+    windows = sum(calls)
+    assert analysis.nbytes > wave.nbytes
+    for queries in (["dog barking"], ["rain", "violin"], ["dog barking"]):
+        again = sep.synthesise(analysis, queries)
+        fresh = sep.separate(wave, 16000, queries)
+        assert list(again) == list(fresh) == queries + ["residual"]
+        for name in fresh:
+            assert again[name].shape == wave.shape
+            np.testing.assert_allclose(again[name], fresh[name], atol=1e-5)
+    assert sum(calls) == windows  # the fresh separations used the default pass, not ``counted``
+
+
 def test_bad_inputs_are_named(tiny_cfg, tiny_model):
     sep = Separator(tiny_model, tiny_cfg)
     wave = np.zeros(1000, np.float32)
