@@ -20,6 +20,7 @@ up to 25%.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -67,40 +68,45 @@ def write_file(path: str, seconds: float, sr: int, channels: int, seed: int) -> 
             done += n
 
 
-def forward_only(checkpoint: str, seconds: float, queries: list[str]) -> Callable[[], object]:
+def forward_only(checkpoint: str, seconds: float, queries: list[str], device: str = "cpu") -> Callable[[], object]:
     """The model path alone (STFT, U-Net, masks, iSTFT) over ``seconds`` of model-rate audio, as a
     call to time: the model is loaded and warmed up here, outside the timing."""
     import torch
 
     from clipsep_ray.separate import Separator, separate
 
-    sep = Separator.from_checkpoint(checkpoint, device="cpu")
+    sep = Separator.from_checkpoint(checkpoint, device=device)
     _, proj = sep.projections(queries)
     x = torch.randn(int(sep.cfg.audio.sample_rate * seconds)) * 0.1
-    separate(sep.model, sep.frontend, x[: sep.cfg.audio.sample_rate * 5], proj, sep.cfg.inference)  # warm-up
-    return lambda: separate(sep.model, sep.frontend, x, proj, sep.cfg.inference)
+    run = functools.partial(separate, sep.model, sep.frontend, projections=proj, cfg=sep.cfg.inference,
+                            device=sep.device)
+    run(x[: sep.cfg.audio.sample_rate * 5])  # warm-up
+    return lambda: run(x)
 
 
-def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str]) -> None:
+def plain_loop(checkpoint: str, folder: str, out: str, queries: list[str], device: str = "cpu") -> None:
     """What `clipsep-ray separate FOLDER` does; timed whole, loading the checkpoint and the CLIP
     text tower included, as the archive job's times include its actors' start and model loading."""
     from clipsep_ray.commands.separate import collect_inputs
     from clipsep_ray.separate import Separator
 
-    sep = Separator.from_checkpoint(checkpoint, device="cpu")
+    sep = Separator.from_checkpoint(checkpoint, device=device)
     names, _ = sep.projections(queries)
     for src, name in collect_inputs([folder]):
         sep.separate_file(src, f"{out}/{name}", names, format="flac")
 
 
-def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int, pipeline: str) -> dict:
+def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: int, pipeline: str,
+            device: str = "cpu") -> dict:
     from clipsep_ray.batch.archive import separate_archive
 
-    # The whole box either way: one actor with 2 CPUs (2 threads) or two with 1 each (staged: minus
-    # what the decode and encode tasks reserve).
-    cpus = (2.0 if actors == 1 else 1.0) if pipeline == "fused" else (1.5 if actors == 1 else 0.75)
-    s = separate_archive(checkpoint, queries, folder, out, actors=actors, cpus_per_actor=cpus, task_cpus=0.25,
-                         pipeline=pipeline, log=lambda m: None)
+    if device == "cuda":  # the GPU shared by the actors; decode and encode tasks take the many cores
+        kw = {"gpus_per_actor": 1.0 / actors, "cpus_per_actor": 2.0, "task_cpus": 1.0}
+    else:  # the whole 2-core box either way: one actor with 2 CPUs (2 threads) or two with 1 each
+        # (staged: minus what the decode and encode tasks reserve)
+        cpus = (2.0 if actors == 1 else 1.0) if pipeline == "fused" else (1.5 if actors == 1 else 0.75)
+        kw = {"cpus_per_actor": cpus, "task_cpus": 0.25}
+    s = separate_archive(checkpoint, queries, folder, out, actors=actors, pipeline=pipeline, log=lambda m: None, **kw)
     assert s["failed"] == 0, s["failures"]
     return s
 
@@ -122,6 +128,8 @@ def main(argv=None) -> None:
     p.add_argument("--pipelines", nargs="+", default=["fused", "staged"], choices=["fused", "staged"])
     p.add_argument("--actors", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--rounds", type=int, default=1, help="repeat every variant, interleaved; medians are reported")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: the model on the GPU in every variant (the actors share it)")
     p.add_argument("--out", default="benchmarks/results/archive_cpu.jsonl")
     args = p.parse_args(argv)
 
@@ -131,7 +139,11 @@ def main(argv=None) -> None:
     init_ray()
     queries = ["dog barking", "siren", "violin", "rain"][: args.queries]
     work = tempfile.mkdtemp(prefix="bench-archive-")
-    machine = {"cpus": os.cpu_count(), "cpu": describe_machine(), "bf16": cpu_has_bf16()}
+    machine = {"cpus": os.cpu_count(), "cpu": describe_machine(), "bf16": cpu_has_bf16(), "device": args.device}
+    if args.device == "cuda":
+        import torch
+
+        machine["gpu"] = torch.cuda.get_device_name(0)
     try:
         folder = os.path.join(work, "archive")
         per = args.minutes * 60 / args.files
@@ -141,11 +153,12 @@ def main(argv=None) -> None:
         audio_h = args.minutes / 60
         for preset in args.presets:
             ckpt = make_checkpoint(preset, work)
-            variants = {"forward_only": forward_only(ckpt, args.minutes * 60, queries),
-                        "plain_loop": each_in_new_folder(lambda out: plain_loop(ckpt, folder, out, queries),
+            dev = args.device
+            variants = {"forward_only": forward_only(ckpt, args.minutes * 60, queries, dev),
+                        "plain_loop": each_in_new_folder(lambda out: plain_loop(ckpt, folder, out, queries, dev),
                                                          os.path.join(work, f"plain-{preset}")),
                         **{f"{p}_{a}_actors": each_in_new_folder(
-                            lambda out, p=p, a=a: archive(ckpt, folder, out, queries, a, p),
+                            lambda out, p=p, a=a: archive(ckpt, folder, out, queries, a, p, dev),
                             os.path.join(work, f"archive-{preset}-{p}-{a}"))
                            for p in args.pipelines for a in args.actors}}
             # Interleaved, the starting variant rotating: a slow spell of the box touches every variant alike.
@@ -172,7 +185,8 @@ def main(argv=None) -> None:
                     d = os.path.join(work, f"mem-{minutes:g}")
                     write_file(os.path.join(d, "long.flac"), minutes * 60, 44100, 2, 7)
                     t0 = time.perf_counter()
-                    s = archive(ckpt, d, os.path.join(work, f"mem-out-{pipeline}-{minutes:g}"), queries, 1, pipeline)
+                    s = archive(ckpt, d, os.path.join(work, f"mem-out-{pipeline}-{minutes:g}"), queries, 1, pipeline,
+                                args.device)
                     peaks[f"{minutes:g}_min"] = {**s["peak_rss_mb"], "wall_s": round(time.perf_counter() - t0, 1)}
                     shutil.rmtree(d)
                 result = {"bench": "archive_memory", "preset": args.presets[0], "pipeline": pipeline,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 11 (archive) and 12 (Serve), as one command for a lent GPU machine:
+#   Serve: batching on/off at 1, 8 and 32 clients and the re-query, paper model on the GPU;
+#   archive: paper on the GPU, the plain loop against the staged and fused pipelines, 1 and 2
+#            actors sharing the GPU, and the model's forward-only throughput.
+# Results (JSON and logs) land in $OUT (the device tool's folder), else ./gpu-out.
+#
+# On the device machine, after the two carries of scripts/device-wheels.sh; elsewhere (a GPU box
+# with the project installed) it runs the same checks without installing anything.
+# GPU_CHECKS_DEVICE=cpu runs the same steps small on the CPU, to check the script itself.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1
+DEVICE=${GPU_CHECKS_DEVICE:-cuda}
+
+if ! python3 -c "import ray" 2>/dev/null && [ -d .device/carry2 ]; then  # the device: install the carried wheels
+  part1=$(ls .device/carry1/*.part-aa /tmp/carry1/*.part-aa 2>/dev/null | head -1)
+  [ -n "$part1" ] || { echo "first half of Ray's wheel missing: run the carry1 call first"; exit 3; }
+  whl=/tmp/wheels/$(basename "${part1%.part-aa}")
+  mkdir -p /tmp/wheels && cat "$part1" .device/carry2/*.part-ab > "$whl"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    "$whl" .device/carry2/*.whl || exit 4
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+fi
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  nproc; free -g | sed -n 2p
+  python3 -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__)"
+} 2>&1 | tee "$OUT/machine.txt"
+python3 -c "import clipsep_ray.serve.app, clipsep_ray.batch.archive, soundfile, open_clip" || exit 5
+
+if [ "$DEVICE" = cuda ]; then
+  SERVE=(--preset paper --device cuda --num-gpus 1 --num-cpus 2 --requests 32 128 256 --rounds 2 --requery-repeats 10)
+  ARCHIVE=(--presets paper --device cuda --files 16 --minutes 120 --pipelines staged fused --actors 1 2)
+else
+  SERVE=(--preset tiny --device cpu --clients 1 8 --requests 4 16 --rounds 1 --requery-repeats 2)
+  ARCHIVE=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines staged fused --actors 1)
+fi
+timeout 240 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" 2>&1 \
+  | grep -v -E 'WARNING|INFO' | tail -30 | tee "$OUT/serve.log"
+timeout 240 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 --out "$OUT/archive_gpu.jsonl" 2>&1 \
+  | grep -v -E 'WARNING|INFO' | tail -30 | tee "$OUT/archive.log"
+ls -la "$OUT"
