@@ -75,6 +75,13 @@ def cluster_cpus(default: float = 1.0) -> float:
     return float(ray.cluster_resources().get("CPU", default))
 
 
+def cluster_memory_mb() -> float:
+    """MB of the running cluster's memory for tasks and actors (Ray's ``memory`` resource)."""
+    import ray
+
+    return float(ray.cluster_resources().get("memory", float("inf"))) / 2**20
+
+
 def cluster_gpus() -> float:
     """GPUs of the running cluster."""
     import ray

@@ -178,7 +178,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         raise ArchiveError(f"--actors must be at least 1, not {actors}")
     endpoint = storage.endpoint_url(endpoint)
     output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
-    names, projections, model_sr = _check_model(checkpoint, queries, fmt)
+    names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
     job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names, "format": fmt}
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
@@ -190,8 +190,9 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     if todo:
         run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
                         actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                        task_cpus=task_cpus, block_seconds=block_seconds, object_store_mb=object_store_mb,
-                        pipeline=pipeline, address=address, endpoint=endpoint, log=log)
+                        task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
+                        object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
+                        log=log)
     write_manifest(output_uri, list(rows.values()), endpoint)
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
@@ -203,13 +204,14 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
 
 def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
     """A bad checkpoint, query or clashing query names fail here, before any work: (names, their
-    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate)."""
+    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate, bytes of the model's weights)."""
     from clipsep_ray.separate import Separator, output_files
 
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
     names, proj = sep.projections(list(queries))
     output_files("x", names, fmt)
-    return names, (None if proj is None else proj.cpu().numpy()), sep.cfg.audio.sample_rate
+    weights = sum(t.numel() * t.element_size() for t in sep.model.state_dict().values())
+    return names, (None if proj is None else proj.cpu().numpy()), sep.cfg.audio.sample_rate, weights
 
 
 def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
@@ -230,38 +232,56 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 
+#: Peak resident memory of a stage process (Ray worker, torch, the audio blocks) with a small
+#: model: a tiny fused actor 790 MB, decode and encode tasks 718-783 MB (2-minute 44.1 kHz stereo
+#: input); the weights add about 4x their size (paper, 116 MB of weights: 1,183 MB per actor).
+PROCESS_MB = 800
+WEIGHT_FACTOR = 4
+
+
+def actor_memory_mb(weight_bytes: int) -> float:
+    """What one model actor needs, in MB, for a model with ``weight_bytes`` of weights."""
+    return PROCESS_MB + WEIGHT_FACTOR * weight_bytes / 2**20
+
+
 def actor_count(requested: int | None, *, mode: str, files: int, cpus_per_actor: float, task_cpus: float,
-                gpus_per_actor: float, cluster_cpus: float, cluster_gpus: float) -> int:
+                gpus_per_actor: float, cluster_cpus: float, cluster_gpus: float,
+                actor_mb: float = 0.0, cluster_mb: float = float("inf")) -> int:
     """``requested`` (or, when None, as many model actors as the cluster holds), at most one per input.
 
-    With GPUs, one per ``gpus_per_actor`` of them; on CPUs, one per ``cpus_per_actor``. The staged
-    pipeline keeps a decode and an encode task's CPUs (``task_cpus`` each) free of actors, or its
-    tasks would wait forever. The default was 1 actor of 1 CPU: a laptop's job used one of its
-    cores while ``clipsep-ray separate`` used them all. The count is the cluster's size now: an
-    autoscaling cluster that would grow needs ``--actors``.
+    With GPUs, one per ``gpus_per_actor`` of them; on CPUs, one per ``cpus_per_actor``; and never
+    more than the cluster's memory for tasks (``cluster_mb``, Ray's ``memory`` resource) holds at
+    ``actor_mb`` each. The staged pipeline keeps a decode and an encode task's CPUs (``task_cpus``
+    each) and memory free of actors, or its tasks would wait forever. The default was 1 actor of
+    1 CPU: a laptop's job used one of its cores while ``clipsep-ray separate`` used them all. The
+    count is the cluster's size now: an autoscaling cluster that would grow needs ``--actors``.
     """
     if requested is not None:
         return max(1, min(requested, files))
-    free = cluster_cpus - (2 * task_cpus if mode == "staged" else 0.0)
+    staged = mode == "staged"
+    free = cluster_cpus - (2 * task_cpus if staged else 0.0)
     fit = math.floor(free / cpus_per_actor + 1e-9) if cpus_per_actor > 0 else files
     if gpus_per_actor > 0:
         fit = min(fit, math.floor(cluster_gpus / gpus_per_actor + 1e-9))
+    if actor_mb > 0:
+        fit = min(fit, math.floor((cluster_mb - (2 * PROCESS_MB if staged else 0.0)) / actor_mb + 1e-9))
     return max(1, min(fit, files))
 
 
 def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | None, gpus_per_actor: float | None,
-              cpus_per_actor: float, task_cpus: float, pipeline: str, address: str | None, output_uri: str, endpoint,
-              log, **pipeline_kw) -> dict:
+              cpus_per_actor: float, task_cpus: float, actor_mb: float, pipeline: str, address: str | None,
+              output_uri: str, endpoint, log, **pipeline_kw) -> dict:
     """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
-    from clipsep_ray.runtime import cluster_cpus, cluster_gpus, init_ray
+    from clipsep_ray.runtime import cluster_cpus, cluster_gpus, cluster_memory_mb, init_ray
 
     init_ray(address)
     gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     actors = actor_count(actors, mode=mode, files=len(todo), cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
-                         gpus_per_actor=gpus, cluster_cpus=cluster_cpus(), cluster_gpus=cluster_gpus())
+                         gpus_per_actor=gpus, cluster_cpus=cluster_cpus(), cluster_gpus=cluster_gpus(),
+                         actor_mb=actor_mb, cluster_mb=cluster_memory_mb())
     log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({cpus_per_actor:g} CPU"
-        + (f", {gpus:g} GPU" if gpus else "") + f" each), {mode} pipeline")
+        + (f", {gpus:g} GPU" if gpus else "") + f", about {actor_mb / 1024:.1f} GB each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
     for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], output_uri=output_uri,

@@ -7,9 +7,10 @@ from clipsep_ray.batch.archive import actor_count
 
 
 def count(requested=None, *, mode="fused", files=100, cpus_per_actor=1.0, task_cpus=0.5, gpus_per_actor=0.0,
-          cluster_cpus=8.0, cluster_gpus=0.0) -> int:
+          cluster_cpus=8.0, cluster_gpus=0.0, actor_mb=0.0, cluster_mb=float("inf")) -> int:
     return actor_count(requested, mode=mode, files=files, cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
-                       gpus_per_actor=gpus_per_actor, cluster_cpus=cluster_cpus, cluster_gpus=cluster_gpus)
+                       gpus_per_actor=gpus_per_actor, cluster_cpus=cluster_cpus, cluster_gpus=cluster_gpus,
+                       actor_mb=actor_mb, cluster_mb=cluster_mb)
 
 
 def test_on_cpus_every_core_gets_an_actor():
@@ -29,6 +30,20 @@ def test_with_gpus_the_gpus_decide():
     assert count(mode="staged", gpus_per_actor=1.0, cluster_gpus=4.0, cluster_cpus=64.0) == 4
     assert count(mode="staged", gpus_per_actor=0.5, cluster_gpus=4.0, cluster_cpus=64.0) == 8
     assert count(mode="staged", gpus_per_actor=1.0, cluster_gpus=8.0, cluster_cpus=6.0) == 5  # CPUs too
+
+
+def test_memory_caps_the_default_where_cores_outnumber_gigabytes():
+    from clipsep_ray.batch.archive import PROCESS_MB, actor_memory_mb
+
+    paper = actor_memory_mb(116 * 2**20)  # paper's weights: 116 MB; an actor peaked at 1,183 MB
+    assert 1183 <= paper < 1400
+    assert count(cluster_cpus=64.0, actor_mb=paper, cluster_mb=16 * 1024) == 12  # not 64 actors on 16 GB
+    assert count(cluster_cpus=4.0, actor_mb=paper, cluster_mb=16 * 1024) == 4  # the cores, when memory is ample
+    # staged: the decode and encode tasks' processes are kept room for as well
+    assert count(mode="staged", cluster_cpus=64.0, actor_mb=paper, cluster_mb=4 * 1024) == \
+        (4 * 1024 - 2 * PROCESS_MB) // paper
+    assert count(cluster_cpus=64.0, actor_mb=paper, cluster_mb=512) == 1  # at least one
+    assert count(6, actor_mb=paper, cluster_mb=1024) == 6  # a given count: the user's call
 
 
 def test_a_given_count_is_kept_and_never_more_actors_than_inputs():
