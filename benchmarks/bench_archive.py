@@ -102,10 +102,11 @@ def archive(checkpoint: str, folder: str, out: str, queries: list[str], actors: 
 
     if device == "cuda":  # the GPU shared by the actors; decode and encode tasks take the many cores
         kw = {"gpus_per_actor": 1.0 / actors, "cpus_per_actor": 2.0, "task_cpus": 1.0}
-    else:  # the whole 2-core box either way: one actor with 2 CPUs (2 threads) or two with 1 each
-        # (staged: minus what the decode and encode tasks reserve)
-        cpus = (2.0 if actors == 1 else 1.0) if pipeline == "fused" else (1.5 if actors == 1 else 0.75)
-        kw = {"cpus_per_actor": cpus, "task_cpus": 0.25}
+    else:  # the whole box, shared by the actors (2 cores: one actor with 2 CPUs, so 2 threads, or
+        # two with 1 each), less what the staged pipeline's decode and encode tasks reserve
+        box = float(os.cpu_count() or 2)
+        task = 0.25 if box <= 4 else 1.0
+        kw = {"cpus_per_actor": (box - (2 * task if pipeline == "staged" else 0.0)) / actors, "task_cpus": task}
     s = separate_archive(checkpoint, queries, folder, out, actors=actors, pipeline=pipeline, log=lambda m: None, **kw)
     assert s["failed"] == 0, s["failures"]
     return s
@@ -126,7 +127,7 @@ def main(argv=None) -> None:
     p.add_argument("--long-minutes", type=float, default=60.0, help="the long file of the memory check (0: skip)")
     p.add_argument("--queries", type=int, default=2)
     p.add_argument("--pipelines", nargs="+", default=["fused", "staged"], choices=["fused", "staged"])
-    p.add_argument("--actors", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    p.add_argument("--actors", nargs="+", type=int, default=[1, 2], help="model actor counts to time")
     p.add_argument("--rounds", type=int, default=1, help="repeat every variant, interleaved; medians are reported")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cuda: the model on the GPU in every variant (the actors share it)")

@@ -3,6 +3,8 @@
 #   Serve: batching on/off at 1, 8 and 32 clients and the re-query, paper model on the GPU;
 #   archive: paper on the GPU, the plain loop against the staged and fused pipelines, 1 and 2
 #            actors sharing the GPU, and the model's forward-only throughput.
+#   cpus: the archive on every core without the GPU against the plain loop (issue 11's "at least the
+#         plain loop on one machine", on more than 2 cores).
 # Results (JSON and logs) land in $OUT (the device tool's folder), else ./gpu-out.
 #
 # On the device machine, after the two carries of scripts/device-wheels.sh; elsewhere (a GPU box
@@ -31,15 +33,26 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 python3 -c "import clipsep_ray.serve.app, clipsep_ray.batch.archive, soundfile, open_clip" || exit 5
 
+CORES=$(nproc)
 if [ "$DEVICE" = cuda ]; then
   SERVE=(--preset paper --device cuda --num-gpus 1 --num-cpus 2 --requests 32 128 256 --rounds 2 --requery-repeats 10)
   ARCHIVE=(--presets paper --device cuda --files 16 --minutes 120 --pipelines staged fused --actors 1 2)
+  CPUS=(--presets paper --device cpu --files 16 --minutes 60 --pipelines fused --actors "$CORES")
 else
   SERVE=(--preset tiny --device cpu --clients 1 8 --requests 4 16 --rounds 1 --requery-repeats 2)
   ARCHIVE=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines staged fused --actors 1)
+  CPUS=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines fused --actors "$CORES")
 fi
-timeout 240 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" 2>&1 \
-  | grep -v -E 'WARNING|INFO' | tail -30 | tee "$OUT/serve.log"
-timeout 240 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 --out "$OUT/archive_gpu.jsonl" 2>&1 \
-  | grep -v -E 'WARNING|INFO' | tail -30 | tee "$OUT/archive.log"
+quiet() { grep -v -E 'WARNING|INFO' | tail -30; }
+# Steps: serve, archive (both on the GPU) and cpus (the archive on every core, no GPU, against the
+# plain loop with as many math threads); the arguments choose, all three by default (about 9 min).
+for step in "${@:-serve archive cpus}"; do for s in $step; do case $s in
+  serve) timeout 200 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" 2>&1 \
+           | quiet | tee "$OUT/serve.log" ;;
+  archive) timeout 200 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 \
+             --out "$OUT/archive_gpu.jsonl" 2>&1 | quiet | tee "$OUT/archive.log" ;;
+  cpus) CUDA_VISIBLE_DEVICES= timeout 150 python3 benchmarks/bench_archive.py "${CPUS[@]}" --long-minutes 0 \
+          --out "$OUT/archive_cpus.jsonl" 2>&1 | quiet | tee "$OUT/archive_cpus.log" ;;
+  *) echo "unknown step $s (serve, archive, cpus)"; exit 2 ;;
+esac; done; done
 ls -la "$OUT"
