@@ -17,13 +17,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1
 DEVICE=${GPU_CHECKS_DEVICE:-cuda}
 
-if ! python3 -c "import ray" 2>/dev/null && [ -d .device/carry2 ]; then  # the device: install the carried wheels
-  part1=$(ls .device/carry1/*.part-aa /tmp/carry1/*.part-aa 2>/dev/null | head -1)
-  [ -n "$part1" ] || { echo "first half of Ray's wheel missing: run the carry1 call first"; exit 3; }
-  whl=/tmp/wheels/$(basename "${part1%.part-aa}")
-  mkdir -p /tmp/wheels && cat "$part1" .device/carry2/*.part-ab > "$whl"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    "$whl" .device/carry2/*.whl || exit 4
+if ! python3 -c "import ray" 2>/dev/null && [ -d .device/carry2 ]; then  # the device: the carried wheels
+  if [ ! -d /tmp/site/ray ]; then  # not installed by an earlier call on this machine
+    part1=$(ls .device/carry1/*.part-aa /tmp/carry1/*.part-aa 2>/dev/null | head -1)
+    [ -n "$part1" ] || { echo "first half of Ray's wheel missing: run the carry1 call first"; exit 3; }
+    whl=/tmp/wheels/$(basename "${part1%.part-aa}")
+    mkdir -p /tmp/wheels && cat "$part1" .device/carry2/*.part-ab > "$whl"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+      "$whl" .device/carry2/*.whl || exit 4
+  fi
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
 

@@ -8,8 +8,8 @@
 #   run(carry=[".device/carry1"], command="mkdir -p /tmp/carry1 && cp .device/carry1/* /tmp/carry1/")
 #   run(carry=[".device/carry2"], command="bash benchmarks/gpu_checks.sh serve archive", timeout_s=480)
 #   run(carry=[".device/carry2"], command="bash benchmarks/gpu_checks.sh cpus", timeout_s=240)
-# Each call within 30 s of the last (the machine goes back when idle longer); the wheels are
-# installed again in each call (about 20 s), from /tmp when the machine is still the same.
+# Each call within 30 s of the last (the machine goes back when idle longer); the first check
+# installs the wheels into /tmp/site, and a later call on the same machine finds them there.
 #
 # The versions are the ones pyproject pins (Ray 2.60) and their dependencies as pip resolved them
 # for CPython 3.12, less what the device image holds (its package list: .library/device/KINDS.md).
