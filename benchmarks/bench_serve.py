@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the model replica")
     ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs of the model replica (with --device cuda)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--ingress-replicas", type=int, default=1, help="HTTP replicas (decode, encode) per application")
     ap.add_argument("--requery-repeats", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="on/off alternations per client level")
     ap.add_argument("--json", default=None)
@@ -143,17 +144,18 @@ def main(argv=None) -> int:
         port = s.getsockname()[1]
     # Both applications live side by side: 2 x (replica + ingress) logical CPUs, whatever the
     # box has; only the one under load uses the cores.
-    need = 2 * (args.num_cpus + 0.5) + 0.5
+    need = 2 * (args.num_cpus + 0.5 * args.ingress_replicas) + 0.5
     init_ray(num_cpus=max(os.cpu_count() or 2, int(np.ceil(need))), log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     out = {"machine": machine(), "preset": args.preset, "clip_s": SECONDS, "input_sr": SR,
-           "batch_wait_s": args.batch_wait_s, "rounds": args.rounds, "runs": [], "rounds_raw": []}
+           "ingress_replicas": args.ingress_replicas, "batch_wait_s": args.batch_wait_s, "rounds": args.rounds, "runs": [], "rounds_raw": []}
     sizes = {"on": args.max_batch_size, "off": 1}
     try:
         for mode, size in sizes.items():
             serve.run(build_app({"checkpoint": ckpt, "device": args.device, "num_cpus": args.num_cpus,
                                  "num_gpus": args.num_gpus, "ingress_cpus": 0.5,
+                                 "ingress_replicas": args.ingress_replicas,
                                  "max_batch_size": size, "batch_wait_s": args.batch_wait_s,
                                  "max_ongoing_requests": max(8, 2 * args.max_batch_size),
                                  "max_queued_requests": 256}), name=mode, route_prefix=f"/{mode}")

@@ -37,7 +37,8 @@ python3 -c "import clipsep_ray.serve.app, clipsep_ray.batch.archive, soundfile, 
 
 CORES=$(nproc)
 if [ "$DEVICE" = cuda ]; then
-  SERVE=(--preset paper --device cuda --num-gpus 1 --num-cpus 2 --requests 32 128 256 --rounds 2 --requery-repeats 10)
+  SERVE=(--preset paper --device cuda --num-gpus 1 --num-cpus 2 --ingress-replicas 4 --requests 32 128 256 --rounds 2
+         --requery-repeats 10)
   ARCHIVE=(--presets paper --device cuda --files 16 --minutes 120 --pipelines staged fused --actors 1 2)
   CPUS=(--presets paper --device cpu --files 16 --minutes 60 --pipelines fused --actors "$CORES")
 else

@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", default="1", metavar="N",
                    help="model replicas: a number, or 'auto' to autoscale from 1 to --max-replicas (default: 1)")
     p.add_argument("--max-replicas", type=int, default=4, help="upper bound with --replicas auto (default: 4)")
+    p.add_argument("--ingress-replicas", type=int, default=1, metavar="N",
+                   help="HTTP replicas that read, decode and encode the audio (default: 1; more for GPU replicas)")
     p.add_argument("--max-batch-size", type=int, default=16, metavar="N",
                    help="requests whose windows share one U-Net call (default: 16; 1 turns batching off)")
     p.add_argument("--batch-wait-s", type=float, default=0.01, metavar="S",
@@ -45,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def app_args(args: argparse.Namespace) -> dict:
     """The ``build_app`` args for these options (the token travels in the environment)."""
     return {"checkpoint": args.checkpoint, "device": args.device, "replicas": args.replicas,
-            "max_replicas": args.max_replicas, "max_batch_size": args.max_batch_size,
+            "max_replicas": args.max_replicas, "ingress_replicas": args.ingress_replicas,
+            "max_batch_size": args.max_batch_size,
             "batch_wait_s": args.batch_wait_s, "max_upload_mb": args.max_upload_mb, "max_seconds": args.max_seconds,
             "max_queued_requests": args.max_queued_requests, "cache_mb": args.cache_mb,
             "num_cpus": args.num_cpus, "num_gpus": args.num_gpus}

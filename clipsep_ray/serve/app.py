@@ -4,7 +4,9 @@ Args (all but ``checkpoint`` optional): ``checkpoint``; the :class:`~.limits.Lim
 (``max_upload_mb``, ``max_seconds``, ``max_batch_size``, ``batch_wait_s``,
 ``max_queued_requests``, ``cache_mb``, ``temp_mb``); ``device`` (auto | cpu | cuda);
 ``replicas`` (a number, or ``auto`` for autoscaling between ``min_replicas`` and
-``max_replicas``); ``num_cpus`` / ``num_gpus`` per model replica; ``ingress_cpus``;
+``max_replicas``); ``num_cpus`` / ``num_gpus`` per model replica; ``ingress_replicas`` (the HTTP
+side: reading, decoding and encoding audio, in Python, one core at most each; a GPU replica
+answers faster than one ingress feeds it) and ``ingress_cpus``;
 ``max_ongoing_requests`` (default: twice the batch size, at least 8); ``temp_dir``.
 The bearer token comes from the ``CLIPSEP_TOKEN`` environment variable only: a token in
 the args (hence in a config file) is refused. A deployment's options in a Serve config
@@ -18,7 +20,7 @@ from clipsep_ray.serve.limits import Limits
 
 APP_NAME = "clipsep"
 OPTIONS = {"checkpoint", "device", "replicas", "min_replicas", "max_replicas", "num_cpus", "num_gpus",
-           "ingress_cpus", "max_ongoing_requests", "temp_dir"}
+           "ingress_replicas", "ingress_cpus", "max_ongoing_requests", "temp_dir"}
 
 
 def deployment_options(args: dict, limits: Limits) -> dict:
@@ -59,7 +61,10 @@ def build_app(args: dict):
         raise ValueError(f"unknown serve arguments: {', '.join(sorted(unknown))}")
     limits = Limits.from_args(args)
     model = serve.deployment(ClipSepModel, name="ClipSepModel").options(**deployment_options(args, limits))
-    ingress = ClipSepIngress.options(name="ClipSepIngress", max_ongoing_requests=256,
+    ingress_replicas = int(args.get("ingress_replicas", 1))
+    if ingress_replicas < 1:
+        raise ValueError(f"ingress_replicas must be at least 1, got {ingress_replicas}")
+    ingress = ClipSepIngress.options(name="ClipSepIngress", max_ongoing_requests=256, num_replicas=ingress_replicas,
                                      ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.5))})
     return ingress.bind(model.bind(args["checkpoint"], args.get("device", "auto"), limits.as_dict()),
                         limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"))

@@ -2,6 +2,7 @@
 limits and the builder refuse what they should (no Ray cluster needed)."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -41,6 +42,22 @@ def test_build_app_refuses_a_token_in_the_args_and_unknown_args():
         build_app({"checkpoint": "x", "max_batch_size": 16, "max_ongoing_requests": 4})
     with pytest.raises(ValueError, match="checkpoint"):
         build_app({})
+    with pytest.raises(ValueError, match="ingress_replicas must be at least 1"):
+        build_app({"checkpoint": "x", "ingress_replicas": 0})
+
+
+def test_the_http_side_scales_apart_from_the_model():
+    from clipsep_ray.commands.serve import add_arguments, app_args
+    from clipsep_ray.serve.app import build_app
+
+    assert build_app({"checkpoint": "x"})._bound_deployment.num_replicas == 1
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = app_args(p.parse_args(["--checkpoint", "x", "--ingress-replicas", "3", "--replicas", "2"]))
+    ingress = build_app(args)._bound_deployment
+    assert ingress.name == "ClipSepIngress" and ingress.num_replicas == 3
+    model = ingress.init_args[0]._bound_deployment  # the model application the ingress is bound to
+    assert model.name == "ClipSepModel" and model.num_replicas == 2
 
 
 def test_limits_and_checks():
