@@ -4,7 +4,9 @@
 #   archive: paper on the GPU, the plain loop against the staged and fused pipelines, 1 and 2
 #            actors sharing the GPU, and the model's forward-only throughput.
 #   cpus: the archive on every core without the GPU against the plain loop (issue 11's "at least the
-#         plain loop on one machine", on more than 2 cores).
+#         plain loop on one machine", on more than 2 cores);
+#   cpu-serve: Serve batching with an 8-thread CPU replica (a U-Net call on many windows uses the
+#         threads better than one on a request's few).
 # Results (JSON and logs) land in $OUT (the device tool's folder), else ./gpu-out.
 #
 # On the device machine, after the two carries of scripts/device-wheels.sh; elsewhere (a GPU box
@@ -41,21 +43,26 @@ if [ "$DEVICE" = cuda ]; then
          --requery-repeats 10)
   ARCHIVE=(--presets paper --device cuda --files 16 --minutes 120 --pipelines staged fused --actors 1 2)
   CPUS=(--presets paper --device cpu --files 16 --minutes 60 --pipelines fused --actors "$CORES")
+  CPU_SERVE=(--preset paper --device cpu --num-cpus 8 --ingress-replicas 4 --clients 1 8 32 --requests 16 64 128
+             --rounds 1 --requery-repeats 5)
 else
   SERVE=(--preset tiny --device cpu --clients 1 8 --requests 4 16 --rounds 1 --requery-repeats 2)
   ARCHIVE=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines staged fused --actors 1)
   CPUS=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines fused --actors "$CORES")
+  CPU_SERVE=(--preset tiny --device cpu --num-cpus 1 --clients 1 8 --requests 4 16 --rounds 1 --requery-repeats 2)
 fi
 quiet() { grep -v -E 'WARNING|INFO' | tail -30; }
-# Steps: serve, archive (both on the GPU) and cpus (the archive on every core, no GPU, against the
-# plain loop with as many math threads); the arguments choose, all three by default (about 9 min).
-for step in "${@:-serve archive cpus}"; do for s in $step; do case $s in
+# Steps: the arguments choose; by default the two GPU ones, serve and archive (about 7 minutes: with a
+# machine's start, most of a 15-minute device budget). cpus and cpu-serve take 2-3 minutes each.
+for step in "${@:-serve archive}"; do for s in $step; do case $s in
   serve) timeout 200 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" 2>&1 \
            | quiet | tee "$OUT/serve.log" ;;
   archive) timeout 200 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 \
              --out "$OUT/archive_gpu.jsonl" 2>&1 | quiet | tee "$OUT/archive.log" ;;
   cpus) CUDA_VISIBLE_DEVICES= timeout 150 python3 benchmarks/bench_archive.py "${CPUS[@]}" --long-minutes 0 \
           --out "$OUT/archive_cpus.jsonl" 2>&1 | quiet | tee "$OUT/archive_cpus.log" ;;
-  *) echo "unknown step $s (serve, archive, cpus)"; exit 2 ;;
+  cpu-serve) CUDA_VISIBLE_DEVICES= timeout 200 python3 benchmarks/bench_serve.py "${CPU_SERVE[@]}" \
+               --json "$OUT/serve_cpus.json" 2>&1 | quiet | tee "$OUT/serve_cpus.log" ;;
+  *) echo "unknown step $s (serve, archive, cpus, cpu-serve)"; exit 2 ;;
 esac; done; done
 ls -la "$OUT"

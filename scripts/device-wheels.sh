@@ -7,7 +7,8 @@
 #   bash scripts/device-wheels.sh          # here, once: fills .device/carry1 and .device/carry2
 #   run(carry=[".device/carry1"], command="mkdir -p /tmp/carry1 && cp .device/carry1/* /tmp/carry1/")
 #   run(carry=[".device/carry2"], command="bash benchmarks/gpu_checks.sh serve archive", timeout_s=480)
-#   run(carry=[".device/carry2"], command="bash benchmarks/gpu_checks.sh cpus", timeout_s=240)
+#   run(carry=[".device/carry2"], command="bash benchmarks/gpu_checks.sh cpus cpu-serve", timeout_s=420)
+#     (the last only where device time is left: the first two calls take about 10 of the 15 minutes)
 # Each call within 30 s of the last (the machine goes back when idle longer); the first check
 # installs the wheels into /tmp/site, and a later call on the same machine finds them there.
 #
