@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0  # no network there
 DEVICE=${GPU_CHECKS_DEVICE:-cuda}
 
 if ! python3 -c "import ray" 2>/dev/null && [ -d .device/carry2 ]; then  # the device: the carried wheels
