@@ -241,6 +241,8 @@ class Analysis:
     @property
     def nbytes(self) -> int:
         """Bytes held by a kept analysis (the input and every batch)."""
+        if not isinstance(self.batches, list):  # counting would run (and use up) a lazy analysis
+            raise ValueError("only a kept analysis (Analysis.kept()) has a size")
         return self.wave.numel() * self.wave.element_size() + sum(b.nbytes for b in self.batches)
 
 

@@ -91,6 +91,9 @@ def test_a_kept_analysis_answers_new_queries_as_a_fresh_separation_without_the_u
         calls.append(log_mag.shape[0])
         return window_features(sep.model, log_mag, "fp32", sep.device)
 
+    with pytest.raises(ValueError, match="kept"):
+        sep.analyse(wave, 16000, counted).nbytes  # a lazy analysis: its U-Net has not run
+    assert calls == []
     analysis = sep.analyse(wave, 16000, counted).kept()
     assert sum(calls) > tiny_cfg.inference.batch_windows  # more than one batch of windows
     windows = sum(calls)
