@@ -174,16 +174,20 @@ def test_requery_equals_a_fresh_request_and_unknown_id_is_404(server):
 def test_requery_with_two_replicas_reaches_the_replica_that_holds_the_upload(server, tiny_checkpoint):
     """Each upload's features live in one replica; re-queries of uploads held by either replica
     all succeed and equal that replica's fresh answer (the multiplexed id routes them; a miss is
-    retried). Compared per replica: the test checkpoint's text tower is randomly initialised in
-    each replica, so two replicas embed a text differently."""
+    retried), whichever of two ingress replicas takes them. Compared per replica: the test
+    checkpoint's text tower is randomly initialised in each replica, so two replicas embed a text
+    differently."""
     from ray import serve
 
     from clipsep_ray.serve.app import build_app
 
     client, _ = server
     serve.run(build_app({"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.2, "ingress_cpus": 0.1,
-                         "replicas": 2}), name="multi", route_prefix="/multi")
+                         "replicas": 2, "ingress_replicas": 2}), name="multi", route_prefix="/multi")
     try:
+        running = {name: d.replica_states.get("RUNNING", 0)
+                   for name, d in serve.status().applications["multi"].deployments.items()}
+        assert running == {"ClipSepIngress": 2, "ClipSepModel": 2}
         data = _wav(_tone(8000, 1.5, seed=11), 8000)
         held: dict[str, tuple[str, dict]] = {}  # replica tag -> (an id it holds, its fresh answer)
         for _ in range(24):
