@@ -149,7 +149,8 @@ def main(argv=None) -> int:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     out = {"machine": machine(), "preset": args.preset, "clip_s": SECONDS, "input_sr": SR,
-           "ingress_replicas": args.ingress_replicas, "batch_wait_s": args.batch_wait_s, "rounds": args.rounds, "runs": [], "rounds_raw": []}
+           "ingress_replicas": args.ingress_replicas, "batch_wait_s": args.batch_wait_s, "rounds": args.rounds,
+           "runs": [], "rounds_raw": []}
     sizes = {"on": args.max_batch_size, "off": 1}
     try:
         for mode, size in sizes.items():

@@ -46,6 +46,11 @@ def window_features(model: SeparationModel, log_mag: Tensor, precision: str, dev
         return model.features(log_mag.to(device))
 
 
+def tensor_bytes(*tensors: Tensor | None) -> int:
+    """Bytes held by the given tensors (None counts as nothing)."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
 @dataclass
 class WindowBatch:
     """The query-independent part of one batch of windows: the mixture spectra (B, F, N) and
@@ -58,7 +63,7 @@ class WindowBatch:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.spec, self.features) if t is not None)
+        return tensor_bytes(self.spec, self.features)
 
 
 @torch.no_grad()
@@ -243,7 +248,7 @@ class Analysis:
         """Bytes held by a kept analysis (the input and every batch)."""
         if not isinstance(self.batches, list):  # counting would run (and use up) a lazy analysis
             raise ValueError("only a kept analysis (Analysis.kept()) has a size")
-        return self.wave.numel() * self.wave.element_size() + sum(b.nbytes for b in self.batches)
+        return tensor_bytes(self.wave) + sum(b.nbytes for b in self.batches)
 
 
 class Separator:

@@ -204,13 +204,14 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
 
 def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
     """A bad checkpoint, query or clashing query names fail here, before any work: (names, their
-    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate, bytes of the model's weights)."""
-    from clipsep_ray.separate import Separator, output_files
+    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate,
+    bytes of the model's weights)."""
+    from clipsep_ray.separate import Separator, output_files, tensor_bytes
 
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
     names, proj = sep.projections(list(queries))
     output_files("x", names, fmt)
-    weights = sum(t.numel() * t.element_size() for t in sep.model.state_dict().values())
+    weights = tensor_bytes(*sep.model.state_dict().values())
     return names, (None if proj is None else proj.cpu().numpy()), sep.cfg.audio.sample_rate, weights
 
 
