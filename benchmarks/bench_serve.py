@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--batch-wait-s", type=float, default=0.01)
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of the model replica")
-    ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs of the model replica (with --device cuda)")
+    ap.add_argument("--num-gpus", type=float, default=0.0,
+                    help="GPUs for the model replicas, shared by the two applications (with --device cuda)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--ingress-replicas", type=int, default=1, help="HTTP replicas (decode, encode) per application")
     ap.add_argument("--requery-repeats", type=int, default=10)
@@ -154,8 +155,10 @@ def main(argv=None) -> int:
     sizes = {"on": args.max_batch_size, "off": 1}
     try:
         for mode, size in sizes.items():
+            # --num-gpus is what the benchmark may use: the two applications' replicas share it (a
+            # whole GPU each left the second unschedulable on a 1-GPU machine, and serve.run waits forever).
             serve.run(build_app({"checkpoint": ckpt, "device": args.device, "num_cpus": args.num_cpus,
-                                 "num_gpus": args.num_gpus, "ingress_cpus": 0.5,
+                                 "num_gpus": args.num_gpus / len(sizes), "ingress_cpus": 0.5,
                                  "ingress_replicas": args.ingress_replicas,
                                  "max_batch_size": size, "batch_wait_s": args.batch_wait_s,
                                  "max_ongoing_requests": max(8, 2 * args.max_batch_size),
@@ -180,11 +183,11 @@ def main(argv=None) -> int:
                 out["runs"].append(merged)
         out["requery"] = asyncio.run(requery(base, data, args.requery_repeats, "/on"))
         print(json.dumps(out["requery"]), flush=True)
-    finally:
+    finally:  # what was measured is kept, also when a time limit ends the run (Ray exits on SIGTERM)
         serve.shutdown()
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1)
     print("| batching | clients | requests | failed | req/s (min-max) | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in out["runs"]:

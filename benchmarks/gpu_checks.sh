@@ -41,7 +41,7 @@ CORES=$(nproc)
 if [ "$DEVICE" = cuda ]; then
   SERVE=(--preset paper --device cuda --num-gpus 1 --num-cpus 2 --ingress-replicas 4 --requests 32 128 256 --rounds 2
          --requery-repeats 10)
-  ARCHIVE=(--presets paper --device cuda --files 16 --minutes 120 --pipelines staged fused --actors 1 2)
+  ARCHIVE=(--presets paper --device cuda --files 16 --minutes 40 --pipelines staged fused --actors 1 2)
   CPUS=(--presets paper --device cpu --files 16 --minutes 60 --pipelines fused --actors "$CORES")
   CPU_SERVE=(--preset paper --device cpu --num-cpus 8 --ingress-replicas 4 --clients 1 8 32 --requests 16 64 128
              --rounds 1 --requery-repeats 5)
@@ -51,18 +51,22 @@ else
   CPUS=(--presets tiny --device cpu --files 2 --minutes 0.5 --pipelines fused --actors "$CORES")
   CPU_SERVE=(--preset tiny --device cpu --num-cpus 1 --clients 1 8 --requests 4 16 --rounds 1 --requery-repeats 2)
 fi
-quiet() { grep -v -E 'WARNING|INFO' | tail -30; }
+# Each step's whole output goes to $OUT/<step>.raw.log, the last lines without Ray's chatter to the
+# screen and <step>.log, and its exit status (124: its time limit) to the screen and steps.txt.
+step() { local name=$1; shift
+  "$@" 2>&1 | tee "$OUT/$name.raw.log" | grep -v -E 'WARNING|INFO' | tail -30 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}; echo "step $name: exit $rc" | tee -a "$OUT/steps.txt"
+  [ "$rc" = 0 ] || cp -r /tmp/ray/session_latest/logs/serve "$OUT/$name-serve-logs" 2>/dev/null || true; }
 # Steps: the arguments choose; by default the two GPU ones, serve and archive (about 7 minutes: with a
 # machine's start, most of a 15-minute device budget). cpus and cpu-serve take 2-3 minutes each.
 for step in "${@:-serve archive}"; do for s in $step; do case $s in
-  serve) timeout 200 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" 2>&1 \
-           | quiet | tee "$OUT/serve.log" ;;
-  archive) timeout 200 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 \
-             --out "$OUT/archive_gpu.jsonl" 2>&1 | quiet | tee "$OUT/archive.log" ;;
-  cpus) CUDA_VISIBLE_DEVICES= timeout 150 python3 benchmarks/bench_archive.py "${CPUS[@]}" --long-minutes 0 \
-          --out "$OUT/archive_cpus.jsonl" 2>&1 | quiet | tee "$OUT/archive_cpus.log" ;;
-  cpu-serve) CUDA_VISIBLE_DEVICES= timeout 200 python3 benchmarks/bench_serve.py "${CPU_SERVE[@]}" \
-               --json "$OUT/serve_cpus.json" 2>&1 | quiet | tee "$OUT/serve_cpus.log" ;;
+  serve) step serve timeout 200 python3 benchmarks/bench_serve.py "${SERVE[@]}" --json "$OUT/serve_gpu.json" ;;
+  archive) step archive timeout 200 python3 benchmarks/bench_archive.py "${ARCHIVE[@]}" --long-minutes 0 \
+             --out "$OUT/archive_gpu.jsonl" ;;
+  cpus) CUDA_VISIBLE_DEVICES= step archive_cpus timeout 150 python3 benchmarks/bench_archive.py "${CPUS[@]}" \
+          --long-minutes 0 --out "$OUT/archive_cpus.jsonl" ;;
+  cpu-serve) CUDA_VISIBLE_DEVICES= step serve_cpus timeout 200 python3 benchmarks/bench_serve.py "${CPU_SERVE[@]}" \
+               --json "$OUT/serve_cpus.json" ;;
   *) echo "unknown step $s (serve, archive, cpus, cpu-serve)"; exit 2 ;;
 esac; done; done
 ls -la "$OUT"

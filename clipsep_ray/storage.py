@@ -11,20 +11,50 @@ so no such path can leave its output folder.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
 
 _S3_PROTOCOLS = ("s3", "s3a")
+#: Object stores, as opposed to protocols that reach this machine's files or other hosts
+#: (``local://``, ``file://``, ``http://``, fsspec chains such as ``simplecache::``).
+OBJECT_STORE_PROTOCOLS = (*_S3_PROTOCOLS, "gs", "gcs", "az", "abfs", "abfss")
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 
 
 def _protocol(uri: str) -> str:
     return uri.split("://", 1)[0].lower() if "://" in uri else "file"
 
 
+def is_object_store_uri(uri: str) -> bool:
+    """True for ``<object store>://bucket/...`` (:data:`OBJECT_STORE_PROTOCOLS`), and nothing else."""
+    proto, sep, rest = uri.partition("://")
+    return bool(sep) and proto.lower() in OBJECT_STORE_PROTOCOLS and "::" not in uri and bool(rest.strip("/"))
+
+
 def endpoint_url(explicit: str | None = None) -> str | None:
     """The S3 endpoint override: ``explicit``, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL."""
-    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return explicit or os.environ.get(S3_ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@contextlib.contextmanager
+def endpoint_env(explicit: str | None):
+    """Within the block, ``explicit`` (when given) is this process's S3 endpoint for code that
+    takes none (checkpoint loading, the audio readers and writers): ``AWS_ENDPOINT_URL_S3``, which
+    botocore and :func:`endpoint_url` prefer to ``AWS_ENDPOINT_URL``. Restored afterwards."""
+    if not explicit:
+        yield
+        return
+    saved = os.environ.get(S3_ENDPOINT_ENV)
+    os.environ[S3_ENDPOINT_ENV] = explicit
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(S3_ENDPOINT_ENV, None)
+        else:
+            os.environ[S3_ENDPOINT_ENV] = saved
 
 
 def storage_options(uri: str, endpoint: str | None = None) -> dict:
@@ -79,6 +109,18 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+#: The hidden temporary name of a local file being written (:func:`hidden_temp`): what a killed
+#: job can leave behind, and what the archive's clean-up removes.
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def hidden_temp(path: str) -> str:
+    """A temporary name beside ``path``, hidden, unique, matching :data:`TEMP_NAME`: the file is
+    written there and renamed onto ``path`` when complete."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
     """Write a whole object atomically: a reader sees the old object or the complete new one.
 
@@ -89,7 +131,7 @@ def write_bytes(uri: str, data: bytes, endpoint: str | None = None) -> None:
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        tmp = hidden_temp(path)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)

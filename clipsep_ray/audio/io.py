@@ -14,13 +14,14 @@ import math
 import os
 import re
 import tempfile
-import uuid
 from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
+from clipsep_ray.storage import hidden_temp
 
 SUPPORTED_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
 SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
@@ -257,6 +258,28 @@ def iter_audio_blocks(source, block_seconds: float = 30.0) -> Iterator[np.ndarra
         yield from reader.blocks(max(1, int(round(block_seconds * reader.sample_rate))))
 
 
+#: The most filter taps a resampler may hold. torchaudio's kernel has (new/g) x (orig/g + 2 x width)
+#: taps, g = gcd of the rates: 44.1 -> 16 kHz takes 160 x 465, but a file that declares 48,001 Hz
+#: (g = 1) would take 16,000 x 48,025, 3 GB for one kernel. Every usual rate is far below this.
+MAX_RESAMPLER_TAPS = 1 << 24
+
+
+class RateError(ValueError):
+    """A sample rate that cannot be resampled to another within the resampler's bound."""
+
+
+def check_rates(orig_sr: int, new_sr: int, width: int = 6) -> None:
+    """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling."""
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    if orig_sr <= 0 or new_sr <= 0:
+        raise RateError(f"a sample rate of {min(orig_sr, new_sr)} Hz is not usable")
+    g = math.gcd(orig_sr, new_sr)
+    taps = (new_sr // g) * (orig_sr // g + 2 * width * max(1, orig_sr // new_sr))
+    if taps > MAX_RESAMPLER_TAPS:
+        raise RateError(f"{orig_sr} Hz cannot be resampled to {new_sr} Hz here: the two rates have no common "
+                        f"factor large enough ({taps:,} filter taps); convert the file to a usual rate first")
+
+
 def resample(wave, orig_sr: int, new_sr: int):
     """Band-limited (windowed sinc) resampling along the last axis.
 
@@ -265,6 +288,7 @@ def resample(wave, orig_sr: int, new_sr: int):
     """
     if int(orig_sr) == int(new_sr):
         return wave
+    check_rates(orig_sr, new_sr)
     if wave.shape[-1] == 0:  # torchaudio cannot reshape an empty signal
         return wave[..., :0] if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)[..., :0]
     if isinstance(wave, torch.Tensor):
@@ -289,6 +313,8 @@ class StreamingResampler:
 
     def __init__(self, orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99):
         self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        if self.orig_sr != self.new_sr:
+            check_rates(self.orig_sr, self.new_sr, lowpass_filter_width)
         g = math.gcd(self.orig_sr, self.new_sr)
         self._o, self._n = self.orig_sr // g, self.new_sr // g
         half_width = math.ceil(lowpass_filter_width * self._o / (min(self._o, self._n) * rolloff))
@@ -404,8 +430,7 @@ class StreamingAudioWriter:
         else:
             self._local = os.path.abspath(local)
             os.makedirs(os.path.dirname(self._local), exist_ok=True)
-            self._tmp = os.path.join(os.path.dirname(self._local),
-                                     f".{os.path.basename(self._local)}.{uuid.uuid4().hex[:8]}.tmp")
+            self._tmp = hidden_temp(self._local)
         try:
             self._sf = sf.SoundFile(self._tmp, "w", samplerate=int(sample_rate), channels=int(channels),
                                     format=self._fmt, subtype=self._subtype)

@@ -17,23 +17,18 @@ import hashlib
 import io
 import json
 import math
-import re
 import time
 from functools import partial
 from typing import Callable, Sequence
 
 from clipsep_ray import storage
 from clipsep_ray.batch import stages
-from clipsep_ray.batch.inputs import ArchiveInput, largest_first, list_inputs
+from clipsep_ray.batch.inputs import JOB, MANIFEST, MANIFEST_CSV, TMP, ArchiveInput, largest_first, list_inputs
 
-MANIFEST = "_manifest.parquet"
-MANIFEST_CSV = "_manifest.csv"
-JOB = "_job.json"
 FORMATS = ("flac", "wav")
 PIPELINES = ("auto", "staged", "fused")
 COLUMNS = ("input", "relative_path", "status", "error", "duration_s", "sample_rate", "channels", "outputs",
            "seconds", "checkpoint", "queries")
-_WRITER_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # audio.io.StreamingAudioWriter's temporary names
 
 
 class ArchiveError(ValueError):
@@ -63,12 +58,12 @@ def _remove_leftovers(output_uri: str, endpoint) -> int:
     fs, root = storage.url_to_fs(output_uri, endpoint)
     if not fs.exists(root):
         return 0
-    gone = [p for p in fs.find(root) if p[len(root):].lstrip("/").startswith("_tmp/")
-            or _WRITER_TMP.match(p.rsplit("/", 1)[-1])]
+    gone = [p for p in fs.find(root) if p[len(root):].lstrip("/").startswith(f"{TMP}/")
+            or storage.TEMP_NAME.match(p.rsplit("/", 1)[-1])]
     for p in gone:
         fs.rm_file(p)
-    if fs.exists(f"{root.rstrip('/')}/_tmp"):
-        fs.rm(f"{root.rstrip('/')}/_tmp", recursive=True)
+    if fs.exists(f"{root.rstrip('/')}/{TMP}"):
+        fs.rm(f"{root.rstrip('/')}/{TMP}", recursive=True)
     return len(gone)
 
 
@@ -109,7 +104,7 @@ def _is_done(row: dict | None, endpoint) -> bool:
 
 def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], projections, model_sr: int,
               output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
-              task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str):
+              task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str, env: dict):
     import ray
     from ray.data import DataContext
 
@@ -130,10 +125,11 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     # actor the CPUs it reserves (through the environment, never set_num_threads: runtime.py). Only
     # when that is more than 1: a runtime environment of its own keeps an actor off Ray's prestarted
     # workers (actors started 0.6-0.8 s later on 2 cores).
-    threads = worker_thread_env(max(1, math.ceil(cpus_per_actor)))
+    threads = worker_thread_env(max(1, math.ceil(cpus_per_actor))) if cpus_per_actor > 1 else {}
+    tasks = {"runtime_env": {"env_vars": env}} if env else {}
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
             "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
-            **({"runtime_env": {"env_vars": threads}} if cpus_per_actor > 1 else {})}
+            **({"runtime_env": {"env_vars": {**threads, **env}}} if threads or env else {})}
     model = {"checkpoint": checkpoint, "names": names, "projections": projections, "output_uri": output_uri,
              "device": device, "block_seconds": block_seconds}
     if mode == "fused":
@@ -141,9 +137,10 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
                      block_seconds=block_seconds)
-    ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus)
+    ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus, **tasks)
     ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs=model)
-    ds = ds.map_batches(stages.per_row(encode, "encode"), batch_size=1, num_cpus=task_cpus)
+    ds = ds.map_batches(stages.dropping_temporaries(stages.per_row(encode, "encode"), output_uri), batch_size=1,
+                        num_cpus=task_cpus, **tasks)
     return _rows(ds)
 
 
@@ -176,10 +173,15 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         raise ArchiveError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if actors is not None and actors < 1:
         raise ArchiveError(f"--actors must be at least 1, not {actors}")
-    endpoint = storage.endpoint_url(endpoint)
+    # An explicit endpoint reaches what takes none (the checkpoint's loading here, every stage's
+    # reads and writes in the workers) through the environment: here for these calls, there in
+    # the stages' runtime environment.
+    explicit, endpoint = endpoint, storage.endpoint_url(endpoint)
     output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
-    names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
-    job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names, "format": fmt}
+    with storage.endpoint_env(explicit):
+        names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
+        job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names,
+               "format": fmt}
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
@@ -192,7 +194,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                         actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
                         task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                         object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
-                        log=log)
+                        env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
     write_manifest(output_uri, list(rows.values()), endpoint)
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
@@ -220,17 +222,33 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     inputs already done (all their outputs there) for the same checkpoint and queries."""
     previous = _check_job(output_uri, job, overwrite, endpoint)
     if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
-        for r in read_manifest(output_uri, endpoint):
-            for u in r["outputs"] or []:
-                fs, path = storage.url_to_fs(u, endpoint)
-                if fs.exists(path):
-                    fs.rm_file(path)
+        _clear_outputs(output_uri, inputs, endpoint)
     removed = _remove_leftovers(output_uri, endpoint)
     if removed:
         log(f"[archive] removed {removed} temporary files of an interrupted run")
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
     storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
+
+
+def _clear_outputs(output_uri: str, inputs: list[ArchiveInput], endpoint) -> None:
+    """Before ``--overwrite`` records its job: the outputs the old manifest lists, then the manifest
+    itself (so none of its rows can pass for the new job's if this run is killed too), and every
+    audio file in this listing's output folders (what a run killed before its first manifest
+    write left unlisted: ``x/cat.flac`` of an old query set beside the new ``x/dog.flac``)."""
+    fs, root = storage.url_to_fs(output_uri, endpoint)
+    if not fs.exists(root):
+        return
+    listed = {storage.url_to_fs(u, endpoint)[1] for r in read_manifest(output_uri, endpoint) for u in r["outputs"] or []}
+    keep = {storage.url_to_fs(i.uri, endpoint)[1] for i in inputs}  # an INPUT_URI inside OUTPUT_URI
+    folders = {i.out_dir for i in inputs}
+    root = root.rstrip("/")
+    for path in fs.find(root):
+        rel = path[len(root) + 1:]
+        ours = rel in (MANIFEST, MANIFEST_CSV) or path in listed or (
+            "/" in rel and rel.rsplit("/", 1)[0] in folders and rel.rsplit(".", 1)[-1].lower() in FORMATS)
+        if ours and path not in keep:
+            fs.rm_file(path)
 
 
 #: Peak resident memory of a stage process (Ray worker, torch, the audio blocks) with a small
@@ -269,6 +287,18 @@ def actor_count(requested: int | None, *, mode: str, files: int, cpus_per_actor:
     return max(1, min(fit, files))
 
 
+def gpu_share(gpus_per_actor: float | None, actors: int | None, cluster_gpus: float) -> float:
+    """GPUs per model actor: ``gpus_per_actor`` when given; else none without GPUs, a whole one
+    each, or an equal share when ``actors`` asks for more actors than the cluster has GPUs
+    (``--actors 2`` on one GPU: half each; a whole one each left the second actor waiting for the
+    whole job, as Ray Data waits for its pool's actors without a limit)."""
+    if gpus_per_actor is not None:
+        return gpus_per_actor
+    if not cluster_gpus:
+        return 0.0
+    return min(1.0, cluster_gpus / actors) if actors else 1.0
+
+
 def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | None, gpus_per_actor: float | None,
               cpus_per_actor: float, task_cpus: float, actor_mb: float, pipeline: str, address: str | None,
               output_uri: str, endpoint, log, **pipeline_kw) -> dict:
@@ -276,7 +306,7 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
     from clipsep_ray.runtime import cluster_cpus, cluster_gpus, cluster_memory_mb, init_ray
 
     init_ray(address)
-    gpus = (1.0 if cluster_gpus() else 0.0) if gpus_per_actor is None else gpus_per_actor
+    gpus = gpu_share(gpus_per_actor, actors, cluster_gpus())
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     actors = actor_count(actors, mode=mode, files=len(todo), cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
                          gpus_per_actor=gpus, cluster_cpus=cluster_cpus(), cluster_gpus=cluster_gpus(),

@@ -6,8 +6,9 @@ extension is an audio or video one is an input, whatever its name (``...wav`` in
 other files are counted as ignored, never dropped silently.
 
 Each input's outputs go to ``OUTPUT_URI/<relative path without its extension>/``, every path
-component passed through :func:`clipsep_ray.storage.safe_component`; inputs whose sanitised
-paths collide each get a short hash of their original relative path appended, so both survive.
+component passed through :func:`clipsep_ray.storage.safe_component` (and kept off the job's own
+names, :data:`RESERVED`); inputs whose sanitised paths collide each get a short hash of their
+original relative path appended, so both survive.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from clipsep_ray import storage
 from clipsep_ray.audio.io import extension, is_media_file
 
 LIST_EXTENSIONS = (".csv", ".parquet")
+#: What the job keeps at the top of OUTPUT_URI. An input whose output folder would take one of these
+#: names (``_tmp.wav``, ``_tmp/x.wav``, ``_job.json.mp3``) gets ``~`` appended to it: the clean-up of
+#: ``_tmp/`` would otherwise delete its outputs after they were recorded as done.
+TMP, JOB, MANIFEST, MANIFEST_CSV = "_tmp", "_job.json", "_manifest.parquet", "_manifest.csv"
+RESERVED = frozenset({TMP, JOB, MANIFEST, MANIFEST_CSV})
 
 
 class InputError(ValueError):
@@ -99,7 +105,10 @@ def assign_output_dirs(found: list[tuple[str, str, int | None]]) -> list[Archive
     def sanitised(rel: str) -> str:
         parts = rel.split("/")
         parts[-1] = parts[-1][: len(parts[-1]) - len(extension(parts[-1]))]
-        return "/".join(storage.safe_component(p) for p in parts)
+        parts = [storage.safe_component(p) for p in parts]
+        if parts[0].lower() in RESERVED:
+            parts[0] += "~"
+        return "/".join(parts)
 
     names = [sanitised(rel) for _, rel, _ in found]
     counts: dict[str, int] = {}

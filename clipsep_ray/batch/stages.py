@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from clipsep_ray import storage
+from clipsep_ray.batch.inputs import TMP  # the temporary files' folder under OUTPUT_URI (no input's)
 
 # What a bad input can raise while it is decoded, separated or encoded: recorded, never fatal.
 INPUT_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
@@ -73,7 +74,22 @@ def per_row(fn: Callable[[dict], dict], stage: str) -> Callable[[dict], dict]:
 
 
 def tmp_uri(output_uri: str, key: str, name: str) -> str:
-    return storage.join_uri(output_uri, "_tmp", key, name)
+    return storage.join_uri(output_uri, TMP, key, name)
+
+
+def dropping_temporaries(fn: Callable[[dict], dict], output_uri: str) -> Callable[[dict], dict]:
+    """``fn`` (the last stage), then each row's ``_tmp/<key>/`` removed, done or failed: the
+    decoded input and the stems at the model rate would otherwise pile up until the job ends (a
+    float copy of every input of the archive)."""
+    def run(batch: dict) -> dict:
+        out = fn(batch)
+        for row in rows_of(out):
+            fs, path = storage.url_to_fs(storage.join_uri(output_uri, TMP, row["key"]))
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        return out
+
+    return run
 
 
 def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float) -> dict:
@@ -168,8 +184,10 @@ def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: 
         stems = [stack.enter_context(AudioReader(tmp_uri(output_uri, row["key"], f"stem{i}.wav"))).blocks(
             int(block_seconds * model_sr)) for i in range(len(names))]
         up = StreamingResampler(model_sr, sr)
-        writers = {n: StreamingAudioWriter(uri, sr) for n, uri in files.items()}
+        writers: dict = {}
         try:
+            for n, uri in files.items():  # inside the try: a writer that fails to open drops the others' temps
+                writers[n] = StreamingAudioWriter(uri, sr)
             out = StemAssembler(names, writers)
             for block in source.blocks(int(block_seconds * sr)):
                 out.add_input(block)

@@ -43,6 +43,15 @@ def deployment_options(args: dict, limits: Limits) -> dict:
     return opts
 
 
+def model_device(args: dict) -> str:
+    """The model replicas' device: ``device``, where "auto" means a GPU only when the replicas
+    reserve one (``num_gpus``). A replica that reserves none can still see the machine's GPUs
+    (Ray leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs), and replicas that took one
+    unreserved would all crowd onto it."""
+    device = str(args.get("device", "auto"))
+    return "cpu" if device == "auto" and not float(args.get("num_gpus", 0)) else device
+
+
 def build_app(args: dict):
     """The ``clipsep`` application: ``ClipSepIngress`` bound to ``ClipSepModel``."""
     from ray import serve
@@ -66,5 +75,5 @@ def build_app(args: dict):
         raise ValueError(f"ingress_replicas must be at least 1, got {ingress_replicas}")
     ingress = ClipSepIngress.options(name="ClipSepIngress", max_ongoing_requests=256, num_replicas=ingress_replicas,
                                      ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.5))})
-    return ingress.bind(model.bind(args["checkpoint"], args.get("device", "auto"), limits.as_dict()),
+    return ingress.bind(model.bind(args["checkpoint"], model_device(args), limits.as_dict()),
                         limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"))

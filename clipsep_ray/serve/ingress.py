@@ -23,7 +23,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from ray import serve
 
-from clipsep_ray.serve.limits import ApiError, Limits, TempArea, check_bool, check_format, check_query_list, read_form
+from clipsep_ray.serve.limits import (ApiError, Limits, TempArea, check_bool, check_format, check_query_list, read_form,
+                                     read_json)
+from clipsep_ray.storage import OBJECT_STORE_PROTOCOLS, is_object_store_uri
 
 STATIC = files("clipsep_ray.serve") / "static"
 PAGES = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
@@ -76,8 +78,22 @@ def _stages(result: dict, seconds: dict[str, float]) -> dict[str, float]:
     return {**{k: 1000 * v for k, v in seconds.items()}, **result.get("timing", {})}
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+def _body_schema(model) -> dict:
+    """OpenAPI for an endpoint that reads its JSON body itself (after the token check)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _parse(request: Request, model):
+    """The request's JSON body as ``model``: 413 past :data:`MAX_JSON_BYTES`, 422 naming what is wrong."""
+    from pydantic import ValidationError
+
+    data = await read_json(request)
+    try:
+        return model.model_validate_json(data or b"{}")
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}"
+                          for e in exc.errors())
+        raise ApiError(422, "bad_request", where) from None
 
 
 @serve.deployment
@@ -165,7 +181,7 @@ class ClipSepIngress:
     @staticmethod
     def model_error(result: dict) -> None:
         if "error" in result:
-            raise ApiError(422, "bad_query", result["error"])
+            raise ApiError(result.get("status", 422), result.get("code", "bad_query"), result["error"])
 
     # -- API -------------------------------------------------------------------------------
     @app.post("/v1/separate", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
@@ -196,10 +212,11 @@ class ClipSepIngress:
         finally:
             self.area.remove(folder)
 
-    @app.post("/v1/separations/{upload_id}")
-    async def requery(self, upload_id: str, body: Requery, request: Request):
+    @app.post("/v1/separations/{upload_id}", openapi_extra=_body_schema(Requery))
+    async def requery(self, upload_id: str, request: Request):
         """New queries on audio already uploaded, from its cached U-Net features."""
         self.authorize(request)
+        body = await _parse(request, Requery)
         queries = check_query_list(body.queries)
         fmt, residual = check_format(body.format), check_bool("residual", body.residual)
         t0 = time.perf_counter()
@@ -216,14 +233,17 @@ class ClipSepIngress:
         return await asyncio.to_thread(self.answer, result["stems"], result["sample_rate"], queries, fmt, residual,
                                        upload_id, timing)
 
-    @app.post("/v1/separate-uri")
-    async def separate_uri(self, body: UriJob, request: Request):
+    @app.post("/v1/separate-uri", openapi_extra=_body_schema(UriJob))
+    async def separate_uri(self, request: Request):
         """Separate a file in object storage into stems written under ``output``."""
         self.authorize(request)
+        body = await _parse(request, UriJob)
         queries = check_query_list(body.queries)
         fmt = check_format(body.format)
-        if not (_is_remote(body.input) and _is_remote(body.output)):
-            raise ApiError(422, "bad_uri", "input and output must be object-storage URIs (e.g. s3://bucket/key)")
+        bad = [u for u in (body.input, body.output) if not is_object_store_uri(u)]
+        if bad:  # never this host's files (local://, file://) nor other hosts (http://), nor fsspec chains
+            raise ApiError(422, "bad_uri", f"{bad[0]!r} is not an object-storage URI: input and output must be "
+                                           f"{', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
         result = await self.call("separate_uri", body.input, body.output, queries, fmt)
         if "error" in result:
             status = 422 if result.get("kind") == "QueryError" else 400

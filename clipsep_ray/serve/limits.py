@@ -136,6 +136,25 @@ class TempArea:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+#: A JSON request body (queries and options; URIs): far more than any valid one needs.
+MAX_JSON_BYTES = 64 * 1024
+
+
+async def read_json(request, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A JSON body's bytes, refused (413) as soon as it passes ``max_bytes``: the endpoints read it
+    only after the token is checked, so no unauthorised body is buffered."""
+    declared = request.headers.get("content-length")
+    too_large = ApiError(413, "body_too_large", f"a JSON body may hold at most {max_bytes // 1024} KB")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > max_bytes:
+            raise too_large
+    return bytes(data)
+
+
 async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, list[str]], str | None, str]:
     """Stream a multipart body into ``area``: (fields, path of the ``file`` part or None, request folder).
 
@@ -184,6 +203,9 @@ async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, 
     except Exception as exc:  # python-multipart's parse errors
         area.remove(folder)
         raise ApiError(422, "bad_request", f"malformed multipart body: {exc}") from None
+    except BaseException:  # the client went away or the request timed out: Serve cancels the handler
+        area.remove(folder)
+        raise
     for name in files:
         if name != "file":
             os.remove(files[name])

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from ray import serve
 
-from clipsep_ray.audio.io import to_pcm16
+from clipsep_ray.audio.io import RateError, to_pcm16
 from clipsep_ray.models.query import QueryError
 from clipsep_ray.serve.cache import ByteLRU
 from clipsep_ray.serve.limits import Limits
 
 PROBE_QUERY = "a sound"
+#: How long a passed health probe answers /healthz for (Serve probes every health_check_period_s, 10 s).
+HEALTH_FRESH_S = 15.0
 
 
 def pcm16_stems(stems) -> dict[str, np.ndarray]:
@@ -57,6 +59,7 @@ class ClipSepModel:
         self.features_batch.set_batch_wait_timeout_s(self.limits.batch_wait_s)
         self.counters = {"batches": 0, "items": 0, "windows": 0, "max_batch_items": 0, "max_batch_windows": 0}
         self._lock = threading.Lock()  # the query encoder's text cache is not thread-safe
+        self._healthy_at: float | None = None  # monotonic time of the last passed probe
         # Two pools: request threads block on their batches' results, so the U-Net must not wait
         # for a thread of the same pool (with asyncio's default pool, 8 concurrent requests on
         # 2 cores deadlocked: 6 threads all waiting for a U-Net call that had no thread left).
@@ -119,6 +122,8 @@ class ClipSepModel:
                 self._separate, queries, lambda: self.sep.analyse(wave, sample_rate, hook).kept())
         except QueryError as exc:
             return {"error": str(exc)}
+        except RateError as exc:  # a rate the resampler cannot take (decoded fine: not the decoder's)
+            return {"error": str(exc), "status": 400, "code": "unsupported_sample_rate"}
         upload_id = f"{self.tag}.{uuid.uuid4().hex}"
         if self.cache.put(upload_id, analysis, analysis.nbytes):
             await self.hold(upload_id)
@@ -157,21 +162,27 @@ class ClipSepModel:
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
                                           projected=projected)
-        except (QueryError, AudioDecodeError, FileNotFoundError) as exc:
+        except (QueryError, AudioDecodeError, RateError, FileNotFoundError) as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
         return {"outputs": files}
 
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:
         """Raises unless the model separates a short noise signal into finite stems."""
+        self._healthy_at = None
         noise = np.random.default_rng(0).standard_normal(self.sep.cfg.audio.clip_samples).astype(np.float32) * 0.1
         stems = self.sep.separate(noise, self.sep.cfg.audio.sample_rate, None,
                                   projected=self._projected([PROBE_QUERY]))
         if not all(np.isfinite(s).all() for s in stems.values()):
             raise RuntimeError("the model gives non-finite output")
+        self._healthy_at = time.monotonic()
 
     async def healthy(self) -> bool:
-        await self._in_thread(self.check_health)
+        """``GET /healthz``: the probe's answer when it passed within :data:`HEALTH_FRESH_S` (Serve runs
+        it every 10 s), else the probe now. A flood of /healthz, which needs no token, then costs no
+        U-Net passes that requests would wait behind."""
+        if self._healthy_at is None or time.monotonic() - self._healthy_at > HEALTH_FRESH_S:
+            await self._in_thread(self.check_health)
         return True
 
     def info(self) -> dict:

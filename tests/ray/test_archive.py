@@ -64,6 +64,7 @@ def archive(tmp_path_factory):
     good["clip.mp4"] = (16000, None)  # AAC: the decoder's length (priming samples) is what counts
     add("song.wav", _tone(16000, 1.0, seed=8), 16000)  # song.wav and song.flac: one name, both kept
     add("song.flac", _tone(24000, 1.0, seed=9), 24000)
+    add("_tmp.wav", _tone(16000, 1.0, seed=12), 16000)  # the job's temporary folder's name: escaped
     add("e.mp3", _tone(44100, 1.5, seed=10), 44100, format="MP3")
     good["e.mp3"] = (44100, None)  # MP3: the decoder's length (encoder delay and padding) is what counts
     _encode_av(root / "f.m4a", "ipod", _tone(22050, 1.4, seed=11), 22050)
@@ -151,6 +152,7 @@ def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, arch
     assert first["failed"] == len(broken) and first["separated"] == len(good)
     rows = _check_outputs(out, good, broken)
     assert rows["...wav"]["outputs"][0].split("/")[-2] == "_"  # a name of dots becomes a visible folder
+    assert rows["_tmp.wav"]["outputs"][0].split("/")[-2] == "_tmp~"  # kept apart from the clean-up of _tmp/
     assert {u.split("/")[-2][:5] for r in ("song.wav", "song.flac") for u in rows[r]["outputs"]} == {"song~"}
     assert "no audio stream" in rows["silent.mkv"]["error"]
     assert any("ünï cødé/日本 語/" in u for u in rows["ünï cødé/日本 語.flac"]["outputs"])  # unicode kept readable
@@ -209,6 +211,44 @@ def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive,
     assert len(list(out.rglob("*.flac"))) == 3 * len(good)  # exactly one set, no duplicate
 
 
+def test_overwrite_leaves_only_the_new_jobs_outputs(ray_local, checkpoint, archive, tmp_path, monkeypatch):
+    """--overwrite removes the old job's outputs, those its manifest lists and those a run killed
+    before its first manifest write left unlisted, and its manifest before the new job is
+    recorded: a new job killed at once and re-run cannot take the old rows for its own."""
+    from clipsep_ray.batch import archive as job
+    from clipsep_ray.batch.archive import read_manifest, separate_archive
+
+    root, _, _ = archive
+    src, out = tmp_path / "in", tmp_path / "out"
+    for rel in ("a.wav", "sub/b song.flac"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes((root / rel).read_bytes())
+    kw = {"task_cpus": 0.25, "cpus_per_actor": 0.5}
+    assert separate_archive(checkpoint, QUERIES, str(src), str(out), **kw)["done"] == 2
+    for name in ("_manifest.parquet", "_manifest.csv"):
+        (out / name).unlink()  # as if killed before its first manifest write: two sets of outputs unlisted
+
+    def folders():
+        return {d: sorted(p.name for p in (out / d).iterdir()) for d in ("a", "sub/b song")}
+
+    assert separate_archive(checkpoint, ["siren"], str(src), str(out), overwrite=True, **kw)["done"] == 2
+    assert folders() == {d: ["residual.flac", "siren.flac"] for d in ("a", "sub/b song")}
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed before any input was done")
+
+    monkeypatch.setattr(job, "_separate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        separate_archive(checkpoint, ["engine"], str(src), str(out), overwrite=True, **kw)
+    monkeypatch.undo()
+    assert not (out / "_manifest.parquet").exists() and json.loads((out / "_job.json").read_text())["queries"] == [
+        "engine"]
+    again = separate_archive(checkpoint, ["engine"], str(src), str(out), **kw)  # its own job: no --overwrite
+    assert again["separated"] == 2 and again["already_done"] == 0
+    assert folders() == {d: ["engine.flac", "residual.flac"] for d in ("a", "sub/b song")}
+    assert {tuple(r["queries"]) for r in read_manifest(str(out))} == {("engine",)}
+
+
 def test_list_of_uris(ray_local, checkpoint, archive, tmp_path):
     from clipsep_ray.batch.archive import read_manifest, separate_archive
 
@@ -221,19 +261,27 @@ def test_list_of_uris(ray_local, checkpoint, archive, tmp_path):
     assert {r["input"] for r in read_manifest(str(tmp_path / "out"))} == {str(root / "a.wav"), str(root / "d.ogg")}
 
 
-def test_s3_to_s3(ray_local, s3_server, checkpoint, archive):
+@pytest.mark.parametrize("pipeline", ["staged", "fused"])
+def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypatch):
+    """Input, output and checkpoint on S3, the endpoint given as --endpoint-url only: this process's
+    own AWS_ENDPOINT_URL points nowhere, so the checkpoint is read through the given one (the
+    workers inherited the test server's at the cluster's start)."""
     import s3fs
 
     from clipsep_ray.batch.archive import read_manifest, separate_archive
 
     root, good, _ = archive
-    bucket = s3_server.make_bucket("archive")
+    bucket = s3_server.make_bucket(f"archive-{pipeline}")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server.endpoint})
     for rel in ("a.wav", "sub/b song.flac", "clip.mp4"):
         fs.put_file(str(root / rel), f"{bucket}/in/{rel}")
+    fs.put_file(checkpoint, f"{bucket}/model.pt")
     out = f"s3://{bucket}/out"
-    result = separate_archive(checkpoint, QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25, cpus_per_actor=0.5)
-    assert result["done"] == 3 and result["failed"] == 0 and result["pipeline"] == "fused"  # auto, no GPU
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    result = separate_archive(f"s3://{bucket}/model.pt", QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25,
+                              cpus_per_actor=0.5, endpoint=s3_server.endpoint, pipeline=pipeline)
+    monkeypatch.undo()
+    assert result["done"] == 3 and result["failed"] == 0 and result["pipeline"] == pipeline, result["failures"]
     rows = {r["relative_path"]: r for r in read_manifest(out)}
     assert set(rows) == {"a.wav", "sub/b song.flac", "clip.mp4"}
     wave, sr = load_audio(rows["sub/b song.flac"]["outputs"][0])

@@ -94,8 +94,10 @@ def test_health_info_docs_and_page(server):
     assert "/v1/separate" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")
-    assert page.status_code == 200 and "<canvas" in page.text or "canvas" in client.get("/static/app.js").text
-    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    assert page.status_code == 200 and "<script" in page.text
+    assert "canvas" in page.text or "canvas" in client.get("/static/app.js").text
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "cdn" not in text.lower() and "https://" not in text and "http://" not in text  # works offline
 
 
 def test_one_query_without_residual_is_the_audio_file(server):
@@ -223,6 +225,18 @@ def test_upload_limits(server):
                        headers={"content-type": "multipart/form-data; boundary=xx"})
     _error(resp, 413, "upload_too_large")
     _error(_separate(client, _wav(_tone(8000, 125.0), 8000), ["dog"]), 413, "audio_too_long")
+    # JSON bodies are bounded too: by a Content-Length that says more, and while reading without one
+    _error(client.post("/v1/separations/x", content=b"{" + b" " * 2**20 + b"}",
+                       headers={"content-type": "application/json"}), 413, "body_too_large")
+    _error(client.post("/v1/separate-uri", content=(b" " * 2**14 for _ in range(64)),
+                       headers={"content-type": "application/json"}), 413, "body_too_large")
+
+
+def test_a_rate_the_resampler_cannot_take_is_400_not_a_crash(server):
+    client, _ = server
+    resp = _separate(client, _wav(_tone(8000, 0.5), 48001), ["dog"])  # 48,001 Hz: no common factor with 8 kHz
+    assert "48001 Hz cannot be resampled" in _error(resp, 400, "unsupported_sample_rate")
+    assert client.get("/healthz").status_code == 200  # the replica is fine
 
 
 @pytest.mark.parametrize("queries,fields,code", [
@@ -260,6 +274,8 @@ def test_token_and_full_queue(server):
     _error(_separate(client, data, ["dog"], path="/tight/v1/separate", headers={"Authorization": "Bearer no"}),
            401)
     _error(client.get("/tight/v1/info"), 401)
+    for path, body in (("/tight/v1/separations/x", b'{"queries": ["dog"]}'), ("/tight/v1/separate-uri", b"not json")):
+        _error(client.post(path, content=body, headers={"content-type": "application/json"}), 401)  # before the body
     assert client.get("/tight/healthz").status_code == 200  # probes need no token
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with ThreadPoolExecutor(8) as pool:
@@ -285,8 +301,13 @@ def test_separate_uri(server, s3_server, s3_bucket):
     assert sr == 16000 and stem.shape == wave.shape
     _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/none.wav",
                                                   "output": f"s3://{s3_bucket}/out/x", "queries": ["dog"]}), 400)
-    _error(client.post("/v1/separate-uri", json={"input": "/etc/passwd", "output": "/tmp/x",
+    for uri in ("/etc/passwd", "local:///etc/passwd", "FILE:///etc/passwd", "simplecache::s3://b/k",
+                "http://169.254.169.254/latest", "memory://x"):  # never this host's files nor other hosts
+        _error(client.post("/v1/separate-uri", json={"input": uri, "output": f"s3://{s3_bucket}/out/y",
+                                                      "queries": ["dog"]}), 422, "bad_uri")
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav", "output": "local:///tmp/x",
                                                   "queries": ["dog"]}), 422, "bad_uri")
+    _error(client.post("/v1/separate-uri", json={"input": 3}), 422, "bad_request")
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -360,3 +381,27 @@ def test_killed_model_replica_is_replaced(server):
     assert resp is not None and resp.status_code == 200, resp.text
     assert client.get("/healthz").status_code == 200
     assert client.get("/v1/info").json()["replica"] != before
+
+
+def test_healthz_answers_from_a_fresh_probe_and_fails_once_the_model_does(tiny_checkpoint):
+    """The model class itself (no Serve): /healthz reuses a probe that passed within HEALTH_FRESH_S
+    (a flood of it runs no U-Net), and a probe that fails (Serve's periodic check_health) makes
+    the next /healthz probe again and fail too."""
+    import asyncio
+
+    import torch
+
+    from clipsep_ray.serve.model import ClipSepModel
+
+    model = ClipSepModel(tiny_checkpoint, device="cpu")  # its constructor probes once
+    calls = []
+    separate = model.sep.separate
+    model.sep.separate = lambda *a, **k: calls.append(1) or separate(*a, **k)
+    assert all(asyncio.run(model.healthy()) for _ in range(5)) and calls == []
+    with torch.no_grad():
+        next(model.sep.model.parameters()).fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        model.check_health()
+    with pytest.raises(RuntimeError, match="non-finite"):
+        asyncio.run(model.healthy())
+    assert len(calls) == 2

@@ -59,3 +59,12 @@ def test_a_count_below_one_is_refused_before_any_work(tmp_path):
 
     with pytest.raises(ArchiveError, match="--actors must be at least 1, not 0"):
         separate_archive(str(tmp_path / "no.pt"), ["dog"], str(tmp_path), str(tmp_path / "out"), actors=0)
+
+
+def test_without_gpus_per_actor_the_actors_share_the_gpus_they_outnumber():
+    from clipsep_ray.batch.archive import gpu_share
+
+    assert gpu_share(None, None, 0) == 0.0 and gpu_share(None, 3, 0) == 0.0  # no GPUs: CPU actors
+    assert gpu_share(None, None, 4) == 1.0 and gpu_share(None, 2, 4) == 1.0  # a whole GPU each
+    assert gpu_share(None, 2, 1) == 0.5 and gpu_share(None, 3, 2) == 2 / 3  # more actors than GPUs: shared
+    assert gpu_share(0.25, 2, 1) == 0.25 and gpu_share(0.0, 2, 1) == 0.0  # the user's share is kept

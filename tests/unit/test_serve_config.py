@@ -60,6 +60,17 @@ def test_the_http_side_scales_apart_from_the_model():
     assert model.name == "ClipSepModel" and model.num_replicas == 2
 
 
+def test_auto_takes_a_gpu_only_when_the_replicas_reserve_one():
+    from clipsep_ray.serve.app import build_app
+
+    def device(**args):
+        return build_app({"checkpoint": "x", **args})._bound_deployment.init_args[0]._bound_deployment.init_args[1]
+
+    assert device() == "cpu" and device(device="auto", num_gpus=0) == "cpu"  # a GPU it did not reserve: not its own
+    assert device(device="auto", num_gpus=1) == "auto" and device(device="auto", num_gpus=0.5) == "auto"
+    assert device(device="cuda") == "cuda" and device(device="cpu", num_gpus=1) == "cpu"  # an explicit one is kept
+
+
 def test_limits_and_checks():
     assert Limits.from_args({"max_upload_mb": "2", "max_batch_size": 4}).max_upload_mb == 2.0
     with pytest.raises(ValueError, match="max_seconds"):

@@ -1,0 +1,48 @@
+"""The archive job's temporary files: what a killed write leaves is what the clean-up removes,
+and the staged pipeline drops each input's temporaries as soon as the input is finished."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from clipsep_ray import storage
+
+KILL_AT_RENAME = "import os, signal; os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+
+
+def _killed(code: str) -> None:
+    """Run ``code`` in a process killed (SIGKILL) where it would rename its finished temporary file."""
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_RENAME + code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_writes_killed_before_their_rename_leave_temporaries_the_clean_up_removes(tmp_path):
+    from clipsep_ray.batch.archive import _remove_leftovers
+
+    out = tmp_path / "out"
+    _killed(f"from clipsep_ray import storage; storage.write_bytes({str(out / '_manifest.csv')!r}, b'x')")
+    _killed("import numpy as np; from clipsep_ray.audio.io import StreamingAudioWriter\n"
+            f"w = StreamingAudioWriter({str(out / 'a' / 'dog.flac')!r}, 8000); w.write(np.zeros(800)); w.close()")
+    temps = [p.name for p in out.rglob("*") if p.is_file()]
+    assert len(temps) == 2 and all(storage.TEMP_NAME.match(t) for t in temps), temps
+    (out / "a" / "residual.flac").write_bytes(b"a finished output")
+    (out / ".DS_Store").write_bytes(b"not ours")
+    assert _remove_leftovers(str(out), None) == 2
+    assert sorted(os.listdir(out)) == [".DS_Store", "a"] and os.listdir(out / "a") == ["residual.flac"]
+
+
+def test_the_last_stage_drops_each_inputs_temporaries_done_or_failed(tmp_path):
+    from clipsep_ray.batch import stages
+
+    out = str(tmp_path / "out")
+    rows = [{"key": k, "status": s} for k, s in (("k1", "ok"), ("k2", "failed"), ("k3", "ok"))]
+    for r in rows[:2]:
+        for name in ("input.wav", "stem0.wav"):
+            path = stages.tmp_uri(out, r["key"], name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "wb").close()
+    result = stages.dropping_temporaries(lambda batch: batch, out)(stages.batch_of(rows))
+    assert [r["key"] for r in stages.rows_of(result)] == ["k1", "k2", "k3"]
+    assert os.listdir(os.path.join(out, stages.TMP)) == []
