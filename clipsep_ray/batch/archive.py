@@ -227,7 +227,10 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     if removed:
         log(f"[archive] removed {removed} temporary files of an interrupted run")
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
-    storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
+    try:
+        storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
+    except PermissionError as exc:
+        raise ArchiveError(f"cannot write to {output_uri}: {exc}") from None
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 

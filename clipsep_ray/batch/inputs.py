@@ -64,6 +64,11 @@ def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str, int | Non
         u = storage.normalize_uri(str(u))
         rel = u.split("://", 1)[-1].lstrip("/")
         out.append((u, rel, None))
+    seen: dict[str, str] = {}
+    for u, rel, _ in out:  # s3://b/x.wav and s3a://b/x.wav: one object, and one row and folder in the outputs
+        if rel in seen:
+            raise InputError(f"{uri}: {seen[rel]} and {u} are the same path {rel!r}: list each input once")
+        seen[rel] = u
     return out
 
 
@@ -87,6 +92,15 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
                 ) -> tuple[list[ArchiveInput], int]:
     """(inputs in a stable order, number of files ignored for their extension)."""
     uri = storage.normalize_uri(input_uri)
+    if output_uri and uri.rstrip("/") == storage.normalize_uri(output_uri).rstrip("/"):
+        raise InputError(f"OUTPUT_URI is INPUT_URI ({input_uri}): give the outputs a folder of their own")
+    try:
+        return _list(uri, input_uri, output_uri, endpoint)
+    except PermissionError as exc:  # an s3 AccessDenied, a folder this user cannot read
+        raise InputError(f"input {input_uri} cannot be listed: {exc}") from None
+
+
+def _list(uri: str, input_uri: str, output_uri: str | None, endpoint: str | None) -> tuple[list[ArchiveInput], int]:
     if uri.lower().endswith(LIST_EXTENSIONS):
         found = _from_list(uri, endpoint)
         ignored = 0

@@ -28,8 +28,11 @@ import numpy as np
 from clipsep_ray import storage
 from clipsep_ray.batch.inputs import TMP  # the temporary files' folder under OUTPUT_URI (no input's)
 
-# What a bad input can raise while it is decoded, separated or encoded: recorded, never fatal.
-INPUT_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+# What a bad input can raise while it is decoded, separated or encoded: recorded in its row (the
+# exception's type and message), never fatal to the job. Any Exception: a decoder's odd failure on
+# one file of thousands (an IndexError, a KeyError) must not end the job and lose the rows since
+# its last manifest write; a fault of our own fails every row, and the job says so (exit 1).
+INPUT_ERRORS = (Exception,)
 
 
 def rows_of(batch: dict) -> list[dict]:

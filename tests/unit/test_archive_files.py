@@ -46,3 +46,23 @@ def test_the_last_stage_drops_each_inputs_temporaries_done_or_failed(tmp_path):
     result = stages.dropping_temporaries(lambda batch: batch, out)(stages.batch_of(rows))
     assert [r["key"] for r in stages.rows_of(result)] == ["k1", "k2", "k3"]
     assert os.listdir(os.path.join(out, stages.TMP)) == []
+
+
+def test_any_error_of_one_input_fails_its_row_and_the_others_go_on():
+    from clipsep_ray.batch import stages
+
+    def decode(row):
+        if row["key"] == "odd":
+            raise IndexError("list index out of range")  # not a decoder's usual error type
+        return {**row, "sample_rate": 8000}
+
+    rows = [{"key": k, "status": "ok", "error": "", "seconds": 0.0, "sample_rate": 0} for k in ("a", "odd", "b")]
+    out = {r["key"]: r for r in stages.rows_of(stages.per_row(decode, "decode")(stages.batch_of(rows)))}
+    assert out["odd"]["status"] == "failed" and out["odd"]["error"] == "IndexError: list index out of range"
+    assert out["a"]["status"] == out["b"]["status"] == "ok" and out["b"]["sample_rate"] == 8000
+    try:
+        stages.per_row(lambda row: (_ for _ in ()).throw(KeyboardInterrupt()), "decode")(stages.batch_of(rows))
+    except KeyboardInterrupt:
+        pass  # an interrupt is not an input's fault: it still ends the job
+    else:
+        raise AssertionError("KeyboardInterrupt was swallowed")

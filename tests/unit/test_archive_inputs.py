@@ -46,3 +46,17 @@ def test_output_folders_stay_inside_readable_and_off_the_jobs_own_names():
         parts = d.split("/")
         assert all(p and not p.startswith(".") and p != ".." and len(p.encode()) <= 130 for p in parts), d
         assert parts[0].lower() not in {"_tmp", "_job.json", "_manifest.parquet", "_manifest.csv"}
+
+
+def test_listings_that_cannot_give_one_row_per_input_are_refused(tmp_path):
+    import pytest
+
+    from clipsep_ray.batch.inputs import InputError
+
+    (tmp_path / "a.wav").write_bytes(b"x")
+    with pytest.raises(InputError, match="OUTPUT_URI is INPUT_URI"):
+        list_inputs(str(tmp_path), str(tmp_path) + "/")
+    listing = tmp_path / "list.csv"
+    listing.write_text("uri\ns3://b/x.wav\ns3a://b/x.wav\n")
+    with pytest.raises(InputError, match="same path 'b/x.wav'"):
+        list_inputs(str(listing))
