@@ -356,7 +356,8 @@ class Separator:
     def separate_file(self, source: str, out_dir: str, queries, format: str | None = None,
                       block_seconds: float = 60.0, info: dict | None = None,
                       features: FeaturesFn | None = None,
-                      projected: tuple[list[str], Tensor | None] | None = None) -> dict[str, str]:
+                      projected: tuple[list[str], Tensor | None] | None = None,
+                      max_seconds: float | None = None, temp_dir: str | None = None) -> dict[str, str]:
         """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
 
         Decoding, resampling, separation and encoding all run block by block, so memory
@@ -364,9 +365,12 @@ class Separator:
         written under temporary names and renamed only when the whole file succeeded.
         ``info``, when given, receives the input's ``sample_rate``, ``channels`` and ``samples``;
         ``features`` replaces the U-Net pass (:data:`FeaturesFn`); ``projected`` gives
-        ``projections(queries)`` already made (then no query encoder is loaded).
+        ``projections(queries)`` already made (then no query encoder is loaded); ``max_seconds``
+        refuses a longer source (``TooLongError``, also while decoding one whose header did not
+        say); ``temp_dir`` holds the local copies of outputs bound for object storage.
         """
-        from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, extension
+        from clipsep_ray.audio.io import (AudioReader, StreamingAudioWriter, StreamingResampler, TooLongError,
+                                          extension)
 
         names, proj = projected or self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
@@ -381,15 +385,21 @@ class Separator:
             up = StreamingResampler(model_sr, sr)  # every stem in one call
             writers: dict[str, StreamingAudioWriter] = {}
 
+            limit = None if max_seconds is None else int(max_seconds * sr)
+            if limit is not None and reader.num_frames is not None and reader.num_frames > limit:
+                raise TooLongError(source, max_seconds)
+
             def model_blocks():
                 for block in reader.blocks(int(block_seconds * sr)):
                     stems.add_input(block)
+                    if limit is not None and stems.taken > limit:
+                        raise TooLongError(source, max_seconds)
                     yield torch.from_numpy(down.push(block))
                 yield torch.from_numpy(down.flush())
 
             try:
                 for n, p in files.items():
-                    writers[n] = StreamingAudioWriter(p, sr)
+                    writers[n] = StreamingAudioWriter(p, sr, temp_dir=temp_dir)
                 stems = StemAssembler(names, writers)
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device, features):

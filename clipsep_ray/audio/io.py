@@ -268,6 +268,14 @@ class RateError(ValueError):
     """A sample rate that cannot be resampled to another within the resampler's bound."""
 
 
+class TooLongError(ValueError):
+    """A source longer than a caller's limit (found while decoding, when its header did not say)."""
+
+    def __init__(self, source: str, max_seconds: float):
+        super().__init__(f"{source} is longer than {max_seconds:g} s")
+        self.source, self.max_seconds = source, max_seconds
+
+
 def check_rates(orig_sr: int, new_sr: int, width: int = 6) -> None:
     """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling."""
     orig_sr, new_sr = int(orig_sr), int(new_sr)
@@ -419,13 +427,13 @@ class StreamingAudioWriter:
     """
 
     def __init__(self, dest, sample_rate: int, format: str | None = None, channels: int = 1,
-                 subtype: str | None = None):
+                 subtype: str | None = None, temp_dir: str | None = None):
         self.dest = os.fspath(dest)
         self._fmt, self._subtype = _format_for(self.dest, format, subtype)
         self._remote = _is_uri(self.dest) and not self.dest.startswith("file://")
         local = self.dest[len("file://"):] if self.dest.startswith("file://") else self.dest
         if self._remote:
-            fd, self._tmp = tempfile.mkstemp(suffix=".tmp")
+            fd, self._tmp = tempfile.mkstemp(suffix=".tmp", dir=temp_dir)  # the local copy an upload sends
             os.close(fd)
         else:
             self._local = os.path.abspath(local)

@@ -30,8 +30,10 @@ from clipsep_ray.storage import OBJECT_STORE_PROTOCOLS, is_object_store_uri
 STATIC = files("clipsep_ray.serve") / "static"
 PAGES = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 MEDIA = {"wav": "audio/wav", "flac": "audio/flac"}
-#: How often a re-query that reached a replica not holding its id is sent again.
-ROUTE_RETRIES = 5
+#: How long a re-query that reached a replica not holding its id is sent again (with a growing
+#: pause): Serve's routers learn which replica holds an id from its controller, within about a
+#: second (replicas report every 0.1 s; a router waits up to 1 s for a matching replica).
+ROUTE_DEADLINE_S = 3.0
 
 app = FastAPI(title="clipsep_ray", description="Text-queried sound separation (CLIPSep + NIT)")
 
@@ -220,11 +222,13 @@ class ClipSepIngress:
         queries = check_query_list(body.queries)
         fmt, residual = check_format(body.format), check_bool("residual", body.residual)
         t0 = time.perf_counter()
-        for attempt in range(ROUTE_RETRIES):
+        pause = 0.05
+        while True:
             result = await self.call("requery", upload_id, queries, upload_id=upload_id)
-            if not result.get("elsewhere"):
+            if not result.get("elsewhere") or time.perf_counter() - t0 + pause > ROUTE_DEADLINE_S:
                 break
-            await asyncio.sleep(0.05 * (attempt + 1))
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.4)
         if result.get("missing") or result.get("elsewhere"):
             raise ApiError(404, "unknown_separation", f"no separation {upload_id!r} is kept (unknown or evicted): "
                                                       "upload the file again")
@@ -246,8 +250,9 @@ class ClipSepIngress:
                                            f"{', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
         result = await self.call("separate_uri", body.input, body.output, queries, fmt)
         if "error" in result:
-            status = 422 if result.get("kind") == "QueryError" else 400
-            raise ApiError(status, "bad_query" if status == 422 else "bad_input", result["error"])
+            status = result.get("status") or (422 if result.get("kind") == "QueryError" else 400)
+            code = result.get("code") or ("bad_query" if status == 422 else "bad_input")
+            raise ApiError(status, code, result["error"], result.get("headers"))
         return {"outputs": result["outputs"]}
 
     @app.get("/healthz")

@@ -36,7 +36,8 @@ class Limits:
     batch_wait_s: float = 0.01  # how long a batch waits to fill
     max_queued_requests: int = 64  # per model replica; beyond it: 503 + Retry-After
     cache_mb: float = 512.0  # U-Net features kept per model replica for re-queries (LRU)
-    temp_mb: float = 2048.0  # the ingress's temporary area, all requests together
+    # Temporary area per replica, all its requests together: an ingress's uploads, a model's separate-uri outputs.
+    temp_mb: float = 2048.0
 
     @classmethod
     def from_args(cls, args: dict) -> "Limits":

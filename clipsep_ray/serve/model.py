@@ -29,7 +29,7 @@ from ray import serve
 from clipsep_ray.audio.io import RateError, to_pcm16
 from clipsep_ray.models.query import QueryError
 from clipsep_ray.serve.cache import ByteLRU
-from clipsep_ray.serve.limits import Limits
+from clipsep_ray.serve.limits import ApiError, Limits, TempArea
 
 PROBE_QUERY = "a sound"
 #: How long a passed health probe answers /healthz for (Serve probes every health_check_period_s, 10 s).
@@ -55,6 +55,7 @@ class ClipSepModel:
         self.sep = Separator.from_checkpoint(checkpoint, device=device)
         self.checkpoint = checkpoint
         self.cache = ByteLRU(int(self.limits.cache_mb * 2**20))
+        self.area = TempArea(None, int(self.limits.temp_mb * 2**20))  # separate-uri's local copies of outputs
         self.features_batch.set_max_batch_size(self.limits.max_batch_size)
         self.features_batch.set_batch_wait_timeout_s(self.limits.batch_wait_s)
         self.counters = {"batches": 0, "items": 0, "windows": 0, "max_batch_items": 0, "max_batch_windows": 0}
@@ -71,6 +72,11 @@ class ClipSepModel:
         except Exception:  # outside a replica (a direct test of the class)
             self.tag, self.actor = uuid.uuid4().hex[:8], None
         self.check_health()
+
+    def __del__(self):
+        area = getattr(self, "area", None)
+        if area is not None:
+            area.close()
 
     # -- batching --------------------------------------------------------------------------
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -153,18 +159,40 @@ class ClipSepModel:
         return stems, _timing(t0, t1), analysis
 
     async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
-        """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}."""
-        from clipsep_ray.audio.io import AudioDecodeError
+        """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}.
 
+        The outputs' local copies (each is uploaded whole when complete) go to a request folder of
+        the replica's bounded temporary area, with their 16-bit size reserved first: the input's
+        length, or ``max_seconds`` of it when its header does not say (and decoding stops there)."""
+        from clipsep_ray.audio.io import AudioDecodeError, TooLongError
+
+        folder = self.area.request_dir()
         try:
             projected = await self._in_thread(self._projected, queries)
+            self.area.reserve(folder, await self._in_thread(self._output_bytes, source, len(projected[0]) + 1))
             hook = self._batched_hook(asyncio.get_running_loop())
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
-                                          projected=projected)
+                                          projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder)
         except (QueryError, AudioDecodeError, RateError, FileNotFoundError) as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
+        except TooLongError as exc:
+            return {"error": str(exc), "status": 413, "code": "audio_too_long"}
+        except ApiError as exc:  # the temporary area is full
+            return {"error": exc.message, "status": exc.status, "code": exc.code, "headers": exc.headers}
+        finally:
+            self.area.remove(folder)
         return {"outputs": files}
+
+    def _output_bytes(self, source: str, outputs: int) -> int:
+        """Bytes of ``outputs`` 16-bit mono files as long as ``source`` (at most ``max_seconds``)."""
+        from clipsep_ray.audio.io import AudioReader, TooLongError
+
+        with AudioReader(source) as reader:
+            cap = int(self.limits.max_seconds * reader.sample_rate)
+            if reader.num_frames is not None and reader.num_frames > cap:
+                raise TooLongError(source, self.limits.max_seconds)
+            return outputs * (2 * min(reader.num_frames or cap, cap) + 4096)
 
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:
@@ -197,4 +225,4 @@ class ClipSepModel:
                 "batch_windows": cfg.inference.batch_windows, "precision": cfg.inference.precision,
                 "batching": {**self.counters, "max_batch_size": self.limits.max_batch_size,
                              "batch_wait_s": self.limits.batch_wait_s},
-                "cache": self.cache.stats()}
+                "cache": self.cache.stats(), "temp": {"used_bytes": self.area.used, "max_bytes": self.area.max_bytes}}

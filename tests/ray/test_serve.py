@@ -301,6 +301,11 @@ def test_separate_uri(server, s3_server, s3_bucket):
     assert sr == 16000 and stem.shape == wave.shape
     _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/none.wav",
                                                   "output": f"s3://{s3_bucket}/out/x", "queries": ["dog"]}), 400)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/long.wav", Body=_wav(_tone(8000, 125.0), 8000))
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/long.wav",  # max_seconds 120
+                                                  "output": f"s3://{s3_bucket}/out/long", "queries": ["dog"]}),
+           413, "audio_too_long")
+    assert client.get("/v1/info").json()["temp"]["used_bytes"] == 0  # the outputs' local copies are gone
     for uri in ("/etc/passwd", "local:///etc/passwd", "FILE:///etc/passwd", "simplecache::s3://b/k",
                 "http://169.254.169.254/latest", "memory://x"):  # never this host's files nor other hosts
         _error(client.post("/v1/separate-uri", json={"input": uri, "output": f"s3://{s3_bucket}/out/y",

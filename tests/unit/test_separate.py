@@ -159,6 +159,28 @@ def test_separate_file_leaves_nothing_on_failure(tiny_cfg, tiny_model, tmp_path)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_separate_file_refuses_a_source_longer_than_max_seconds_header_or_not(tiny_cfg, tiny_model, tmp_path,
+                                                                                monkeypatch):
+    from clipsep_ray.audio import io as audio_io
+
+    sep = Separator(tiny_model, tiny_cfg)
+    src = tmp_path / "long.wav"
+    write_audio(str(src), np.zeros(8000 * 3, np.float32), 8000)
+    assert len(sep.separate_file(str(src), str(tmp_path / "ok"), ["dog"], max_seconds=3.0)) == 2
+    with pytest.raises(audio_io.TooLongError, match="longer than 2 s"):
+        sep.separate_file(str(src), str(tmp_path / "out"), ["dog"], max_seconds=2.0)
+    opened = audio_io.AudioReader._open
+
+    def no_length(self, target, ext):  # a container that does not say how long it is (some video streams)
+        opened(self, target, ext)
+        self.num_frames = None
+
+    monkeypatch.setattr(audio_io.AudioReader, "_open", no_length)
+    with pytest.raises(audio_io.TooLongError):  # found while decoding, and nothing is left behind
+        sep.separate_file(str(src), str(tmp_path / "out"), ["dog"], max_seconds=2.0, block_seconds=0.5)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_slug_is_a_safe_file_name():
     assert slug("Dog barking!") == "dog_barking"
     assert slug("../../etc/passwd") == "etc_passwd"
