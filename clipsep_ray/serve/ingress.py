@@ -116,7 +116,9 @@ class ClipSepIngress:
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+        # Header values arrive decoded as latin-1 (HTTP's bytes): back to those bytes, against the token's UTF-8.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("latin-1", "replace"),
+                                                                 self.token.encode("utf-8")):
             raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
                            {"WWW-Authenticate": "Bearer"})
 

@@ -178,6 +178,8 @@ class ClipSepModel:
             return {"error": str(exc), "kind": type(exc).__name__}
         except TooLongError as exc:
             return {"error": str(exc), "status": 413, "code": "audio_too_long"}
+        except PermissionError as exc:  # the store refused this service's credentials (S3 AccessDenied)
+            return {"error": f"object storage refused access: {exc}", "status": 403, "code": "storage_access_denied"}
         except ApiError as exc:  # the temporary area is full
             return {"error": exc.message, "status": exc.status, "code": exc.code, "headers": exc.headers}
         finally:

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from tests.ray.conftest import _free_port
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-tøken"  # not ASCII: sent as its UTF-8 bytes, as curl sends what a UTF-8 shell holds
 LSB = 2.0 / 32768  # two steps of 16-bit PCM
 
 
@@ -277,7 +277,7 @@ def test_token_and_full_queue(server):
     for path, body in (("/tight/v1/separations/x", b'{"queries": ["dog"]}'), ("/tight/v1/separate-uri", b"not json")):
         _error(client.post(path, content=body, headers={"content-type": "application/json"}), 401)  # before the body
     assert client.get("/tight/healthz").status_code == 200  # probes need no token
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {TOKEN}".encode("utf-8")}
     with ThreadPoolExecutor(8) as pool:
         resps = list(pool.map(lambda i: _separate(client, data, ["dog"], path="/tight/v1/separate",
                                                   headers=auth), range(8)))
