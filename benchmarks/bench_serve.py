@@ -184,10 +184,10 @@ def main(argv=None) -> int:
         out["requery"] = asyncio.run(requery(base, data, args.requery_repeats, "/on"))
         print(json.dumps(out["requery"]), flush=True)
     finally:  # what was measured is kept, also when a time limit ends the run (Ray exits on SIGTERM)
-        serve.shutdown()
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(out, fh, indent=1)
+        serve.shutdown()
     print("| batching | clients | requests | failed | req/s (min-max) | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in out["runs"]:

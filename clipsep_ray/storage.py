@@ -28,9 +28,10 @@ def _protocol(uri: str) -> str:
 
 
 def is_object_store_uri(uri: str) -> bool:
-    """True for ``<object store>://bucket/...`` (:data:`OBJECT_STORE_PROTOCOLS`), and nothing else."""
+    """True for ``<object store>://bucket/...`` (:data:`OBJECT_STORE_PROTOCOLS`, lower case as fsspec
+    knows them), and nothing else."""
     proto, sep, rest = uri.partition("://")
-    return bool(sep) and proto.lower() in OBJECT_STORE_PROTOCOLS and "::" not in uri and bool(rest.strip("/"))
+    return bool(sep) and proto in OBJECT_STORE_PROTOCOLS and "::" not in uri and bool(rest.strip("/"))
 
 
 def endpoint_url(explicit: str | None = None) -> str | None:

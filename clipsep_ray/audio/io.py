@@ -258,9 +258,11 @@ def iter_audio_blocks(source, block_seconds: float = 30.0) -> Iterator[np.ndarra
         yield from reader.blocks(max(1, int(round(block_seconds * reader.sample_rate))))
 
 
-#: The most filter taps a resampler may hold. torchaudio's kernel has (new/g) x (orig/g + 2 x width)
-#: taps, g = gcd of the rates: 44.1 -> 16 kHz takes 160 x 465, but a file that declares 48,001 Hz
-#: (g = 1) would take 16,000 x 48,025, 3 GB for one kernel. Every usual rate is far below this.
+#: The most filter taps a resampler may hold (64 MB as float32). torchaudio's kernel has
+#: n x (o + 2 x width) taps, n/o the reduced rates: 44.1 -> 16 kHz takes 160 x 475, but a file that
+#: declares 48,001 Hz would take 16,000 x 48,039, 3 GB for one kernel (and float64 intermediates of
+#: that size). Refused, among rates in use: 44,056 Hz (old NTSC video) against 11.025, 22.05 and
+#: 44.1 kHz models (121-486 M taps); fine against 8, 16 and 48 kHz ones.
 MAX_RESAMPLER_TAPS = 1 << 24
 
 
@@ -276,13 +278,15 @@ class TooLongError(ValueError):
         self.source, self.max_seconds = source, max_seconds
 
 
-def check_rates(orig_sr: int, new_sr: int, width: int = 6) -> None:
-    """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling."""
+def check_rates(orig_sr: int, new_sr: int, width: int = 6, rolloff: float = 0.99) -> None:
+    """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling: the size
+    of torchaudio's sinc kernel for them (``lowpass_filter_width`` ``width``) past the bound."""
     orig_sr, new_sr = int(orig_sr), int(new_sr)
     if orig_sr <= 0 or new_sr <= 0:
         raise RateError(f"a sample rate of {min(orig_sr, new_sr)} Hz is not usable")
     g = math.gcd(orig_sr, new_sr)
-    taps = (new_sr // g) * (orig_sr // g + 2 * width * max(1, orig_sr // new_sr))
+    o, n = orig_sr // g, new_sr // g
+    taps = n * (o + 2 * math.ceil(width * o / (min(o, n) * rolloff)))
     if taps > MAX_RESAMPLER_TAPS:
         raise RateError(f"{orig_sr} Hz cannot be resampled to {new_sr} Hz here: the two rates have no common "
                         f"factor large enough ({taps:,} filter taps); convert the file to a usual rate first")
@@ -322,7 +326,7 @@ class StreamingResampler:
     def __init__(self, orig_sr: int, new_sr: int, lowpass_filter_width: int = 6, rolloff: float = 0.99):
         self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
         if self.orig_sr != self.new_sr:
-            check_rates(self.orig_sr, self.new_sr, lowpass_filter_width)
+            check_rates(self.orig_sr, self.new_sr, lowpass_filter_width, rolloff)
         g = math.gcd(self.orig_sr, self.new_sr)
         self._o, self._n = self.orig_sr // g, self.new_sr // g
         half_width = math.ceil(lowpass_filter_width * self._o / (min(self._o, self._n) * rolloff))

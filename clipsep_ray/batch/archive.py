@@ -108,8 +108,6 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     import ray
     from ray.data import DataContext
 
-    from clipsep_ray.runtime import worker_thread_env
-
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver prints its own progress
     if object_store_mb:
@@ -121,15 +119,10 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
             for i in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     device = "cuda" if gpus_per_actor > 0 else "cpu"
-    # Ray sizes a worker's math libraries to 1 thread for fractional or single CPUs: give each model
-    # actor the CPUs it reserves (through the environment, never set_num_threads: runtime.py). Only
-    # when that is more than 1: a runtime environment of its own keeps an actor off Ray's prestarted
-    # workers (actors started 0.6-0.8 s later on 2 cores).
-    threads = worker_thread_env(max(1, math.ceil(cpus_per_actor))) if cpus_per_actor > 1 else {}
-    tasks = {"runtime_env": {"env_vars": env}} if env else {}
+    actor_env, tasks = runtime_envs(cpus_per_actor, env)
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
             "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
-            **({"runtime_env": {"env_vars": {**threads, **env}}} if threads or env else {})}
+            **actor_env}
     model = {"checkpoint": checkpoint, "names": names, "projections": projections, "output_uri": output_uri,
              "device": device, "block_seconds": block_seconds}
     if mode == "fused":
@@ -142,6 +135,21 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     ds = ds.map_batches(stages.dropping_temporaries(stages.per_row(encode, "encode"), output_uri), batch_size=1,
                         num_cpus=task_cpus, **tasks)
     return _rows(ds)
+
+
+def runtime_envs(cpus_per_actor: float, env: dict) -> tuple[dict, dict]:
+    """``map_batches`` options of the model actors and of the CPU tasks: ``env`` (the explicit S3
+    endpoint) for both; and for actors of more than 1 CPU, the math libraries sized to them.
+
+    Ray sizes a worker's math libraries to 1 thread for fractional or single CPUs, and through the
+    environment, never ``set_num_threads`` (runtime.py). Nothing when not needed: a runtime
+    environment of its own keeps a worker off Ray's prestarted ones (actors started 0.6-0.8 s later
+    on 2 cores)."""
+    from clipsep_ray.runtime import worker_thread_env
+
+    threads = worker_thread_env(max(1, math.ceil(cpus_per_actor))) if cpus_per_actor > 1 else {}
+    actors = {"runtime_env": {"env_vars": {**threads, **env}}} if threads or env else {}
+    return actors, ({"runtime_env": {"env_vars": dict(env)}} if env else {})
 
 
 def _rows(ds):
@@ -220,6 +228,14 @@ def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
 def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
     """Check the job record, clear what a killed run left, record this job; the manifest rows of
     inputs already done (all their outputs there) for the same checkpoint and queries."""
+    try:
+        return _resume_or_refuse(output_uri, job, inputs, overwrite, endpoint, log)
+    except PermissionError as exc:  # an output it may not read or write (an S3 AccessDenied)
+        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
+
+
+def _resume_or_refuse(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint,
+                      log) -> dict:
     previous = _check_job(output_uri, job, overwrite, endpoint)
     if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
         _clear_outputs(output_uri, inputs, endpoint)
@@ -227,10 +243,7 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     if removed:
         log(f"[archive] removed {removed} temporary files of an interrupted run")
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
-    try:
-        storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
-    except PermissionError as exc:
-        raise ArchiveError(f"cannot write to {output_uri}: {exc}") from None
+    storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
     return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
 
 
@@ -242,7 +255,8 @@ def _clear_outputs(output_uri: str, inputs: list[ArchiveInput], endpoint) -> Non
     fs, root = storage.url_to_fs(output_uri, endpoint)
     if not fs.exists(root):
         return
-    listed = {storage.url_to_fs(u, endpoint)[1] for r in read_manifest(output_uri, endpoint) for u in r["outputs"] or []}
+    listed = {storage.url_to_fs(u, endpoint)[1] for r in read_manifest(output_uri, endpoint)
+              for u in r["outputs"] or []}
     keep = {storage.url_to_fs(i.uri, endpoint)[1] for i in inputs}  # an INPUT_URI inside OUTPUT_URI
     folders = {i.out_dir for i in inputs}
     root = root.rstrip("/")
@@ -292,14 +306,18 @@ def actor_count(requested: int | None, *, mode: str, files: int, cpus_per_actor:
 
 def gpu_share(gpus_per_actor: float | None, actors: int | None, cluster_gpus: float) -> float:
     """GPUs per model actor: ``gpus_per_actor`` when given; else none without GPUs, a whole one
-    each, or an equal share when ``actors`` asks for more actors than the cluster has GPUs
-    (``--actors 2`` on one GPU: half each; a whole one each left the second actor waiting for the
-    whole job, as Ray Data waits for its pool's actors without a limit)."""
+    each, or a share when ``actors`` asks for more actors than the cluster has GPUs (``--actors 2``
+    on one GPU: half each; a whole one each left the second actor waiting for the whole job, as
+    Ray Data waits for its pool's actors without a limit)."""
     if gpus_per_actor is not None:
         return gpus_per_actor
     if not cluster_gpus:
         return 0.0
-    return min(1.0, cluster_gpus / actors) if actors else 1.0
+    if not actors or actors <= cluster_gpus:
+        return 1.0
+    # A share must fit on one GPU: 3 actors on 2 GPUs are 2 on one and 1 on the other, half each
+    # (2/3 each left the third waiting); floored to Ray's 0.0001 so shares never sum past a GPU.
+    return math.floor(10000 / math.ceil(actors / cluster_gpus)) / 10000
 
 
 def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | None, gpus_per_actor: float | None,

@@ -67,7 +67,8 @@ def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str, int | Non
     seen: dict[str, str] = {}
     for u, rel, _ in out:  # s3://b/x.wav and s3a://b/x.wav: one object, and one row and folder in the outputs
         if rel in seen:
-            raise InputError(f"{uri}: {seen[rel]} and {u} are the same path {rel!r}: list each input once")
+            raise InputError(f"{uri}: {seen[rel]} and {u} have the same path {rel!r} after the scheme, which names "
+                             "an input's outputs and manifest row: list each input once")
         seen[rel] = u
     return out
 

@@ -2,7 +2,8 @@
 
 Args (all but ``checkpoint`` optional): ``checkpoint``; the :class:`~.limits.Limits`
 (``max_upload_mb``, ``max_seconds``, ``max_batch_size``, ``batch_wait_s``,
-``max_queued_requests``, ``cache_mb``, ``temp_mb``); ``device`` (auto | cpu | cuda);
+``max_queued_requests``, ``cache_mb``, ``temp_mb``); ``device`` (cpu | cuda | auto: a GPU when the
+replica reserved one);
 ``replicas`` (a number, or ``auto`` for autoscaling between ``min_replicas`` and
 ``max_replicas``); ``num_cpus`` / ``num_gpus`` per model replica; ``ingress_replicas`` (the HTTP
 side: reading, decoding and encoding audio, in Python, one core at most each; a GPU replica
@@ -43,15 +44,6 @@ def deployment_options(args: dict, limits: Limits) -> dict:
     return opts
 
 
-def model_device(args: dict) -> str:
-    """The model replicas' device: ``device``, where "auto" means a GPU only when the replicas
-    reserve one (``num_gpus``). A replica that reserves none can still see the machine's GPUs
-    (Ray leaves CUDA_VISIBLE_DEVICES alone for actors without GPUs), and replicas that took one
-    unreserved would all crowd onto it."""
-    device = str(args.get("device", "auto"))
-    return "cpu" if device == "auto" and not float(args.get("num_gpus", 0)) else device
-
-
 def build_app(args: dict):
     """The ``clipsep`` application: ``ClipSepIngress`` bound to ``ClipSepModel``."""
     from ray import serve
@@ -75,5 +67,5 @@ def build_app(args: dict):
         raise ValueError(f"ingress_replicas must be at least 1, got {ingress_replicas}")
     ingress = ClipSepIngress.options(name="ClipSepIngress", max_ongoing_requests=256, num_replicas=ingress_replicas,
                                      ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.5))})
-    return ingress.bind(model.bind(args["checkpoint"], model_device(args), limits.as_dict()),
-                        limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"))
+    model = model.bind(args["checkpoint"], args.get("device", "auto"), limits.as_dict(), args.get("temp_dir"))
+    return ingress.bind(model, limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"))

@@ -117,7 +117,8 @@ class ClipSepIngress:
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         # Header values arrive decoded as latin-1 (HTTP's bytes): back to those bytes, against the token's UTF-8.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("latin-1", "replace"),
+        # (strip only " \t": str.strip would also take \xa0, the last byte of a UTF-8 "à".)
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(" \t").encode("latin-1", "replace"),
                                                                  self.token.encode("utf-8")):
             raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
                            {"WWW-Authenticate": "Bearer"})

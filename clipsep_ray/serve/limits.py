@@ -126,7 +126,7 @@ class TempArea:
 
     def reserve(self, folder: str, n: int) -> None:
         if self.used + n > self.max_bytes:
-            raise ApiError(503, "busy", "the server's upload area is full: retry shortly", {"Retry-After": "5"})
+            raise ApiError(503, "busy", "the server's temporary area is full: retry shortly", {"Retry-After": "5"})
         self._held[folder] += n
 
     def remove(self, folder: str) -> None:

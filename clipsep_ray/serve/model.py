@@ -47,15 +47,33 @@ def _timing(t0: float, t1: float) -> dict[str, float]:
     return {"queries": 1000 * (t1 - t0), "separate": 1000 * (time.perf_counter() - t1)}
 
 
+def replica_device(device: str, reserved_gpus: list) -> str:
+    """The replica's device: ``device``, where "auto" means a GPU only when the replica reserved one
+    (Ray's ``get_gpu_ids``, whether its options came from the args or a config's ``deployments``).
+    A replica that reserved none can still see the machine's GPUs (Ray leaves CUDA_VISIBLE_DEVICES
+    alone for actors without GPUs), and replicas that took one unreserved would crowd onto it."""
+    return ("cuda" if reserved_gpus else "cpu") if device == "auto" else device
+
+
+def _reserved_gpus() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:
+        return []
+
+
 class ClipSepModel:
-    def __init__(self, checkpoint: str, device: str = "auto", limits: dict | None = None):
+    def __init__(self, checkpoint: str, device: str = "auto", limits: dict | None = None,
+                 temp_dir: str | None = None):
         from clipsep_ray.separate import Separator
 
         self.limits = Limits.from_args(limits or {})
-        self.sep = Separator.from_checkpoint(checkpoint, device=device)
+        self.sep = Separator.from_checkpoint(checkpoint, device=replica_device(device, _reserved_gpus()))
         self.checkpoint = checkpoint
         self.cache = ByteLRU(int(self.limits.cache_mb * 2**20))
-        self.area = TempArea(None, int(self.limits.temp_mb * 2**20))  # separate-uri's local copies of outputs
+        self.area = TempArea(temp_dir, int(self.limits.temp_mb * 2**20))  # separate-uri's local copies of outputs
         self.features_batch.set_max_batch_size(self.limits.max_batch_size)
         self.features_batch.set_batch_wait_timeout_s(self.limits.batch_wait_s)
         self.counters = {"batches": 0, "items": 0, "windows": 0, "max_batch_items": 0, "max_batch_windows": 0}
@@ -164,6 +182,11 @@ class ClipSepModel:
         The outputs' local copies (each is uploaded whole when complete) go to a request folder of
         the replica's bounded temporary area, with their 16-bit size reserved first: the input's
         length, or ``max_seconds`` of it when its header does not say (and decoding stops there)."""
+        # Shielded: when the client goes away, Serve cancels this handler but not the worker thread,
+        # which goes on writing; the folder and its reservation are freed when the work has ended.
+        return await asyncio.shield(asyncio.ensure_future(self._separate_uri(source, dest, queries, fmt)))
+
+    async def _separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
         from clipsep_ray.audio.io import AudioDecodeError, TooLongError
 
         folder = self.area.request_dir()
@@ -174,8 +197,13 @@ class ClipSepModel:
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
                                           projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder)
-        except (QueryError, AudioDecodeError, RateError, FileNotFoundError) as exc:
+        except (QueryError, AudioDecodeError, FileNotFoundError) as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
+        except RateError as exc:
+            return {"error": str(exc), "status": 400, "code": "unsupported_sample_rate"}
+        except ImportError as exc:  # gs://, az://: a filesystem library this server does not have
+            return {"error": f"this server cannot reach {source.split('://')[0]}:// or "
+                             f"{dest.split('://')[0]}:// storage: {exc}", "status": 422, "code": "bad_uri"}
         except TooLongError as exc:
             return {"error": str(exc), "status": 413, "code": "audio_too_long"}
         except PermissionError as exc:  # the store refused this service's credentials (S3 AccessDenied)
@@ -199,12 +227,15 @@ class ClipSepModel:
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:
         """Raises unless the model separates a short noise signal into finite stems."""
-        self._healthy_at = None
-        noise = np.random.default_rng(0).standard_normal(self.sep.cfg.audio.clip_samples).astype(np.float32) * 0.1
-        stems = self.sep.separate(noise, self.sep.cfg.audio.sample_rate, None,
-                                  projected=self._projected([PROBE_QUERY]))
-        if not all(np.isfinite(s).all() for s in stems.values()):
-            raise RuntimeError("the model gives non-finite output")
+        try:
+            noise = np.random.default_rng(0).standard_normal(self.sep.cfg.audio.clip_samples).astype(np.float32) * 0.1
+            stems = self.sep.separate(noise, self.sep.cfg.audio.sample_rate, None,
+                                      projected=self._projected([PROBE_QUERY]))
+            if not all(np.isfinite(s).all() for s in stems.values()):
+                raise RuntimeError("the model gives non-finite output")
+        except BaseException:
+            self._healthy_at = None  # the next /healthz probes again
+            raise
         self._healthy_at = time.monotonic()
 
     async def healthy(self) -> bool:

@@ -61,10 +61,24 @@ def test_a_count_below_one_is_refused_before_any_work(tmp_path):
         separate_archive(str(tmp_path / "no.pt"), ["dog"], str(tmp_path), str(tmp_path / "out"), actors=0)
 
 
+def test_the_endpoint_reaches_actors_and_tasks_and_only_big_actors_get_a_thread_count():
+    from clipsep_ray.batch.archive import runtime_envs
+
+    assert runtime_envs(1.0, {}) == ({}, {})  # Ray's prestarted workers can take them
+    ep = {"AWS_ENDPOINT_URL_S3": "http://minio:9000"}
+    actors, tasks = runtime_envs(0.5, ep)
+    assert actors["runtime_env"]["env_vars"] == ep and tasks["runtime_env"]["env_vars"] == ep
+    actors, tasks = runtime_envs(4.0, ep)
+    env = actors["runtime_env"]["env_vars"]
+    assert env["OMP_NUM_THREADS"] == "4" and env["AWS_ENDPOINT_URL_S3"] == ep["AWS_ENDPOINT_URL_S3"]
+    assert "OMP_NUM_THREADS" not in tasks["runtime_env"]["env_vars"]
+
+
 def test_without_gpus_per_actor_the_actors_share_the_gpus_they_outnumber():
     from clipsep_ray.batch.archive import gpu_share
 
     assert gpu_share(None, None, 0) == 0.0 and gpu_share(None, 3, 0) == 0.0  # no GPUs: CPU actors
     assert gpu_share(None, None, 4) == 1.0 and gpu_share(None, 2, 4) == 1.0  # a whole GPU each
-    assert gpu_share(None, 2, 1) == 0.5 and gpu_share(None, 3, 2) == 2 / 3  # more actors than GPUs: shared
+    assert gpu_share(None, 2, 1) == 0.5 and gpu_share(None, 3, 2) == 0.5  # more actors than GPUs: shared,
+    assert gpu_share(None, 3, 1) == 0.3333 and 3 * gpu_share(None, 3, 1) <= 1  # and each share fits on one GPU
     assert gpu_share(0.25, 2, 1) == 0.25 and gpu_share(0.0, 2, 1) == 0.0  # the user's share is kept

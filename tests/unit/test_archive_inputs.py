@@ -32,7 +32,8 @@ def test_output_folders_stay_inside_readable_and_off_the_jobs_own_names():
     from clipsep_ray.batch.inputs import assign_output_dirs
 
     rels = ["_tmp.wav", "_TMP/x.wav", "_job.json.mp3", "_manifest.parquet.wav", "_manifest.csv.flac", "a/../b.wav",
-            ".hidden.wav", "back\\slash.wav", "Song.wav", "song.flac", "日本 語.wav", "é" * 200 + ".wav", "_tmp~.ogg"]
+            ".hidden.wav", "back\\slash.wav", "Song.wav", "song.flac", "日本 語.wav", "é" * 200 + ".wav",
+            "_tmp~.ogg"]
     out = {i.relative_path: i.out_dir for i in assign_output_dirs([(f"/in/{r}", r, None) for r in rels])}
     # The job's own names at the top (the temporary folder, the job record, the manifests) are never an input's
     assert out["_tmp.wav"].startswith("_tmp~") and out["_TMP/x.wav"] == "_TMP~/x"
@@ -40,7 +41,8 @@ def test_output_folders_stay_inside_readable_and_off_the_jobs_own_names():
     assert out["_manifest.csv.flac"] == "_manifest.csv~"
     assert out["a/../b.wav"] == "a/_/b" and out[".hidden.wav"] == "hidden" and out["back\\slash.wav"] == "back_slash"
     assert out["日本 語.wav"] == "日本 語"  # unicode and spaces kept readable
-    assert out["Song.wav"] != out["song.flac"] and out["Song.wav"].lower().startswith("song~")  # case-insensitive stores
+    assert out["Song.wav"] != out["song.flac"]  # case-insensitive stores collide too
+    assert out["Song.wav"].lower().startswith("song~")
     assert out["_tmp.wav"] != out["_tmp~.ogg"]  # an escaped name and a real one both survive
     for d in out.values():
         parts = d.split("/")

@@ -60,15 +60,15 @@ def test_the_http_side_scales_apart_from_the_model():
     assert model.name == "ClipSepModel" and model.num_replicas == 2
 
 
-def test_auto_takes_a_gpu_only_when_the_replicas_reserve_one():
+def test_auto_takes_a_gpu_only_when_the_replica_reserved_one_and_temp_dir_reaches_the_model():
     from clipsep_ray.serve.app import build_app
+    from clipsep_ray.serve.model import replica_device
 
-    def device(**args):
-        return build_app({"checkpoint": "x", **args})._bound_deployment.init_args[0]._bound_deployment.init_args[1]
-
-    assert device() == "cpu" and device(device="auto", num_gpus=0) == "cpu"  # a GPU it did not reserve: not its own
-    assert device(device="auto", num_gpus=1) == "auto" and device(device="auto", num_gpus=0.5) == "auto"
-    assert device(device="cuda") == "cuda" and device(device="cpu", num_gpus=1) == "cpu"  # an explicit one is kept
+    assert replica_device("auto", []) == "cpu"  # GPUs it can see but did not reserve are not its own
+    assert replica_device("auto", [0]) == "cuda" and replica_device("auto", ["GPU-1"]) == "cuda"
+    assert replica_device("cuda", []) == "cuda" and replica_device("cpu", [0]) == "cpu"  # an explicit one is kept
+    model = build_app({"checkpoint": "x", "temp_dir": "/big"})._bound_deployment.init_args[0]._bound_deployment
+    assert model.init_args[1] == "auto" and model.init_args[3] == "/big"  # separate-uri's area goes there too
 
 
 def test_limits_and_checks():
