@@ -190,6 +190,9 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
         job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names,
                "format": fmt}
+    if projections is None:  # a model with fixed outputs (PIT): it takes no queries
+        log(f"[archive] {checkpoint} separates fixed sources ({', '.join(names)}), not queries: --query "
+            f"{' --query '.join(repr(q) for q in queries)} is not used")
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
     todo = largest_first([i for i in inputs if i.relative_path not in rows])

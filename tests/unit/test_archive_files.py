@@ -66,3 +66,21 @@ def test_any_error_of_one_input_fails_its_row_and_the_others_go_on():
         pass  # an interrupt is not an input's fault: it still ends the job
     else:
         raise AssertionError("KeyboardInterrupt was swallowed")
+
+
+def test_a_model_with_fixed_outputs_says_that_the_queries_are_not_used(tmp_path):
+    """A PIT checkpoint separates its sources whatever --query says: the job says so (no inputs
+    here, so no Ray is started)."""
+    from clipsep_ray.batch.archive import separate_archive
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+
+    cfg = load_config("tiny", ["model.arch=pit", "model.unet_width=4", "query.clip_pretrained="])
+    ckpt = save_checkpoint(str(tmp_path / "pit.pt"), build_model(cfg.model), cfg)
+    (tmp_path / "in").mkdir()
+    lines = []
+    result = separate_archive(ckpt, ["dog barking"], str(tmp_path / "in"), str(tmp_path / "out"), log=lines.append)
+    assert result["inputs"] == 0 and result["done"] == 0
+    assert any("fixed sources (source_1, source_2)" in line and "'dog barking' is not used" in line
+               for line in lines), lines
