@@ -45,7 +45,10 @@ def _check_job(output_uri: str, job: dict, overwrite: bool, endpoint) -> dict | 
     """The previous job record when it matches; refuse a different one unless ``overwrite``."""
     uri = storage.join_uri(output_uri, JOB)
     old = json.loads(storage.read_bytes(uri, endpoint)) if storage.exists(uri, endpoint) else None
-    same = old is not None and all(old.get(k) == job[k] for k in ("checkpoint_sha256", "queries", "format"))
+    def key(j: dict) -> tuple:  # the queries as a set: in another order they name the same outputs
+        return j.get("checkpoint_sha256"), j.get("format"), sorted(j.get("queries") or [])
+
+    same = old is not None and key(old) == key(job)
     if old is not None and not same and not overwrite:
         raise ArchiveError(f"{output_uri} holds outputs of checkpoint {old.get('checkpoint')} with queries "
                            f"{old.get('queries')} ({old.get('format')}); this run asks for {job['checkpoint']} with "

@@ -84,3 +84,22 @@ def test_a_model_with_fixed_outputs_says_that_the_queries_are_not_used(tmp_path)
     assert result["inputs"] == 0 and result["done"] == 0
     assert any("fixed sources (source_1, source_2)" in line and "'dog barking' is not used" in line
                for line in lines), lines
+
+
+def test_the_same_queries_in_another_order_are_the_same_job_and_others_are_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from clipsep_ray.batch.archive import ArchiveError, _check_job
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {"checkpoint": "a.pt", "checkpoint_sha256": "ab12", "queries": ["dog", "rain"], "format": "flac"}
+    (out / "_job.json").write_text(json.dumps(old))
+    assert _check_job(str(out), {**old, "queries": ["rain", "dog"]}, False, None) == old  # same outputs, same job
+    with pytest.raises(ArchiveError, match="--overwrite"):
+        _check_job(str(out), {**old, "queries": ["dog"]}, False, None)
+    with pytest.raises(ArchiveError, match="--overwrite"):
+        _check_job(str(out), {**old, "checkpoint_sha256": "cd34"}, False, None)
+    assert _check_job(str(out), {**old, "queries": ["siren"]}, True, None) is None  # --overwrite: a new job
