@@ -14,6 +14,7 @@ an upload and answers a re-query with the second alone (``Separator.analyse`` / 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -30,6 +31,10 @@ from clipsep_ray.runtime import autocast, autocast_dtype, resolve_device
 from clipsep_ray.storage import slug
 
 RESIDUAL = "residual"
+
+
+class Stopped(Exception):
+    """A separation ended early because its caller set its ``stop`` event."""
 LOSSLESS_FORMATS = ("wav", "flac")
 
 #: log |X| of a batch of windows (B, 1, W, N) -> U-Net features (B, k, W, N). The default is
@@ -357,7 +362,8 @@ class Separator:
                       block_seconds: float = 60.0, info: dict | None = None,
                       features: FeaturesFn | None = None,
                       projected: tuple[list[str], Tensor | None] | None = None,
-                      max_seconds: float | None = None, temp_dir: str | None = None) -> dict[str, str]:
+                      max_seconds: float | None = None, temp_dir: str | None = None,
+                      stop: threading.Event | None = None) -> dict[str, str]:
         """Stream a file of any length through the model: ``out_dir/<query slug>.<ext>`` + ``residual.<ext>``.
 
         Decoding, resampling, separation and encoding all run block by block, so memory
@@ -367,7 +373,8 @@ class Separator:
         ``features`` replaces the U-Net pass (:data:`FeaturesFn`); ``projected`` gives
         ``projections(queries)`` already made (then no query encoder is loaded); ``max_seconds``
         refuses a longer source (``TooLongError``, also while decoding one whose header did not
-        say); ``temp_dir`` holds the local copies of outputs bound for object storage.
+        say); ``temp_dir`` holds the local copies of outputs bound for object storage; ``stop``, once
+        set (from another thread), ends the work at the next block with ``Stopped``, nothing written.
         """
         from clipsep_ray.audio.io import (AudioReader, StreamingAudioWriter, StreamingResampler, TooLongError,
                                           extension)
@@ -394,6 +401,8 @@ class Separator:
                     stems.add_input(block)
                     if limit is not None and stems.taken > limit:
                         raise TooLongError(source, max_seconds)
+                    if stop is not None and stop.is_set():
+                        raise Stopped(f"separation of {source} stopped")
                     yield torch.from_numpy(down.push(block))
                 yield torch.from_numpy(down.flush())
 

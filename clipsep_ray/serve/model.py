@@ -182,12 +182,21 @@ class ClipSepModel:
         The outputs' local copies (each is uploaded whole when complete) go to a request folder of
         the replica's bounded temporary area, with their 16-bit size reserved first: the input's
         length, or ``max_seconds`` of it when its header does not say (and decoding stops there)."""
-        # Shielded: when the client goes away, Serve cancels this handler but not the worker thread,
-        # which goes on writing; the folder and its reservation are freed when the work has ended.
-        return await asyncio.shield(asyncio.ensure_future(self._separate_uri(source, dest, queries, fmt)))
+        # When the client goes away Serve cancels this handler, but a worker thread cannot be
+        # cancelled: the work is shielded and told to stop at its next block, and its folder and
+        # reservation are freed when it has ended, not while it still writes.
+        stop = threading.Event()
+        work = asyncio.ensure_future(self._separate_uri(source, dest, queries, fmt, stop))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
-    async def _separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
+    async def _separate_uri(self, source: str, dest: str, queries: list[str], fmt: str,
+                            stop: threading.Event) -> dict:
         from clipsep_ray.audio.io import AudioDecodeError, TooLongError
+        from clipsep_ray.separate import Stopped
 
         folder = self.area.request_dir()
         try:
@@ -196,7 +205,8 @@ class ClipSepModel:
             hook = self._batched_hook(asyncio.get_running_loop())
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
-                                          projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder)
+                                          projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder,
+                                          stop=stop)
         except (QueryError, AudioDecodeError, FileNotFoundError) as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
         except RateError as exc:
@@ -208,6 +218,8 @@ class ClipSepModel:
             return {"error": str(exc), "status": 413, "code": "audio_too_long"}
         except PermissionError as exc:  # the store refused this service's credentials (S3 AccessDenied)
             return {"error": f"object storage refused access: {exc}", "status": 403, "code": "storage_access_denied"}
+        except Stopped:
+            return {"error": "the request was cancelled", "status": 499, "code": "cancelled"}  # nobody reads it
         except ApiError as exc:  # the temporary area is full
             return {"error": exc.message, "status": exc.status, "code": exc.code, "headers": exc.headers}
         finally:

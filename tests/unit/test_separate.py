@@ -181,6 +181,29 @@ def test_separate_file_refuses_a_source_longer_than_max_seconds_header_or_not(ti
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_separate_file_stops_at_the_next_block_once_asked_and_writes_nothing(tiny_cfg, tiny_model, tmp_path):
+    import threading
+
+    from clipsep_ray.separate import Stopped
+
+    sep = Separator(tiny_model, tiny_cfg)
+    src = tmp_path / "in.wav"
+    write_audio(str(src), np.zeros(8000 * 300, np.float32), 8000)  # many window groups
+    stop, blocks = threading.Event(), []
+    hook = sep.model  # the U-Net pass, counted: the stop is set while the first windows are separated
+
+    def features(log_mag):
+        blocks.append(log_mag.shape[0])
+        stop.set()
+        from clipsep_ray.separate import window_features
+        return window_features(hook, log_mag, sep.cfg.inference.precision, sep.device)
+
+    with pytest.raises(Stopped):
+        sep.separate_file(str(src), str(tmp_path / "out"), ["dog"], block_seconds=0.5, features=features, stop=stop)
+    assert len(blocks) <= 2  # the group under way when asked, at most one more: not the rest of 300 s
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_slug_is_a_safe_file_name():
     assert slug("Dog barking!") == "dog_barking"
     assert slug("../../etc/passwd") == "etc_passwd"
