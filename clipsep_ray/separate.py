@@ -31,10 +31,6 @@ from clipsep_ray.runtime import autocast, autocast_dtype, resolve_device
 from clipsep_ray.storage import slug
 
 RESIDUAL = "residual"
-
-
-class Stopped(Exception):
-    """A separation ended early because its caller set its ``stop`` event."""
 LOSSLESS_FORMATS = ("wav", "flac")
 
 #: log |X| of a batch of windows (B, 1, W, N) -> U-Net features (B, k, W, N). The default is
@@ -49,6 +45,10 @@ def window_features(model: SeparationModel, log_mag: Tensor, precision: str, dev
     device = torch.device(device)
     with autocast(device, autocast_dtype(precision, device)):
         return model.features(log_mag.to(device))
+
+
+class Stopped(Exception):
+    """A separation ended early because its caller set its ``stop`` event."""
 
 
 def tensor_bytes(*tensors: Tensor | None) -> int:

@@ -278,6 +278,11 @@ class TooLongError(ValueError):
         self.source, self.max_seconds = source, max_seconds
 
 
+def _sinc_width(o: int, n: int, lowpass_filter_width: int, rolloff: float) -> int:
+    """Half-width, in input samples, of torchaudio's sinc kernel for reduced rates ``o`` -> ``n``."""
+    return math.ceil(lowpass_filter_width * o / (min(o, n) * rolloff))
+
+
 def check_rates(orig_sr: int, new_sr: int, width: int = 6, rolloff: float = 0.99) -> None:
     """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling: the size
     of torchaudio's sinc kernel for them (``lowpass_filter_width`` ``width``) past the bound."""
@@ -286,7 +291,7 @@ def check_rates(orig_sr: int, new_sr: int, width: int = 6, rolloff: float = 0.99
         raise RateError(f"a sample rate of {min(orig_sr, new_sr)} Hz is not usable")
     g = math.gcd(orig_sr, new_sr)
     o, n = orig_sr // g, new_sr // g
-    taps = n * (o + 2 * math.ceil(width * o / (min(o, n) * rolloff)))
+    taps = n * (o + 2 * _sinc_width(o, n, width, rolloff))
     if taps > MAX_RESAMPLER_TAPS:
         raise RateError(f"{orig_sr} Hz cannot be resampled to {new_sr} Hz here: the two rates have no common "
                         f"factor large enough ({taps:,} filter taps); convert the file to a usual rate first")
@@ -329,7 +334,7 @@ class StreamingResampler:
             check_rates(self.orig_sr, self.new_sr, lowpass_filter_width, rolloff)
         g = math.gcd(self.orig_sr, self.new_sr)
         self._o, self._n = self.orig_sr // g, self.new_sr // g
-        half_width = math.ceil(lowpass_filter_width * self._o / (min(self._o, self._n) * rolloff))
+        half_width = _sinc_width(self._o, self._n, lowpass_filter_width, rolloff)
         self._ctx = self._o * (half_width // self._o + 2)  # a multiple of o, with margin
         self._resampler = torchaudio.transforms.Resample(
             self.orig_sr, self.new_sr, lowpass_filter_width=lowpass_filter_width, rolloff=rolloff, dtype=torch.float32)

@@ -197,7 +197,10 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         log(f"[archive] {checkpoint} separates fixed sources ({', '.join(names)}), not queries: --query "
             f"{' --query '.join(repr(q) for q in queries)} is not used")
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
-    rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
+    try:
+        rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
+    except PermissionError as exc:  # an output it may not read or write (an S3 AccessDenied)
+        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
     already = len(rows)
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
@@ -234,14 +237,6 @@ def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
 def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
     """Check the job record, clear what a killed run left, record this job; the manifest rows of
     inputs already done (all their outputs there) for the same checkpoint and queries."""
-    try:
-        return _resume_or_refuse(output_uri, job, inputs, overwrite, endpoint, log)
-    except PermissionError as exc:  # an output it may not read or write (an S3 AccessDenied)
-        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
-
-
-def _resume_or_refuse(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint,
-                      log) -> dict:
     previous = _check_job(output_uri, job, overwrite, endpoint)
     if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
         _clear_outputs(output_uri, inputs, endpoint)

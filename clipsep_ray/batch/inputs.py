@@ -96,19 +96,15 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
     if output_uri and uri.rstrip("/") == storage.normalize_uri(output_uri).rstrip("/"):
         raise InputError(f"OUTPUT_URI is INPUT_URI ({input_uri}): give the outputs a folder of their own")
     try:
-        return _list(uri, input_uri, output_uri, endpoint)
+        if uri.lower().endswith(LIST_EXTENSIONS):
+            found = _from_list(uri, endpoint)
+            ignored = 0
+        else:
+            every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
+            found = [f for f in every if is_media_file(f[1])]
+            ignored = len(every) - len(found)
     except PermissionError as exc:  # an s3 AccessDenied, a folder this user cannot read
         raise InputError(f"input {input_uri} cannot be listed: {exc}") from None
-
-
-def _list(uri: str, input_uri: str, output_uri: str | None, endpoint: str | None) -> tuple[list[ArchiveInput], int]:
-    if uri.lower().endswith(LIST_EXTENSIONS):
-        found = _from_list(uri, endpoint)
-        ignored = 0
-    else:
-        every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
-        found = [f for f in every if is_media_file(f[1])]
-        ignored = len(every) - len(found)
     bad = [rel for _, rel, _ in found if not is_media_file(rel)]
     if bad:
         raise InputError(f"{input_uri}: {len(bad)} listed file(s) have no audio or video extension, "

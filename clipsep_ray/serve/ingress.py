@@ -186,7 +186,8 @@ class ClipSepIngress:
     @staticmethod
     def model_error(result: dict) -> None:
         if "error" in result:
-            raise ApiError(result.get("status", 422), result.get("code", "bad_query"), result["error"])
+            raise ApiError(result.get("status", 422), result.get("code", "bad_query"), result["error"],
+                           result.get("headers"))
 
     # -- API -------------------------------------------------------------------------------
     @app.post("/v1/separate", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
@@ -252,10 +253,7 @@ class ClipSepIngress:
             raise ApiError(422, "bad_uri", f"{bad[0]!r} is not an object-storage URI: input and output must be "
                                            f"{', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
         result = await self.call("separate_uri", body.input, body.output, queries, fmt)
-        if "error" in result:
-            status = result.get("status") or (422 if result.get("kind") == "QueryError" else 400)
-            code = result.get("code") or ("bad_query" if status == 422 else "bad_input")
-            raise ApiError(status, code, result["error"], result.get("headers"))
+        self.model_error(result)
         return {"outputs": result["outputs"]}
 
     @app.get("/healthz")

@@ -137,6 +137,12 @@ class TempArea:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def declared_over(request, max_bytes: int) -> int | None:
+    """The body's Content-Length when it promises more than ``max_bytes`` (refused before reading)."""
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() and int(declared) > max_bytes else None
+
+
 #: A JSON request body (queries and options; URIs): far more than any valid one needs.
 MAX_JSON_BYTES = 64 * 1024
 
@@ -144,9 +150,8 @@ MAX_JSON_BYTES = 64 * 1024
 async def read_json(request, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """A JSON body's bytes, refused (413) as soon as it passes ``max_bytes``: the endpoints read it
     only after the token is checked, so no unauthorised body is buffered."""
-    declared = request.headers.get("content-length")
     too_large = ApiError(413, "body_too_large", f"a JSON body may hold at most {max_bytes // 1024} KB")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared_over(request, max_bytes):
         raise too_large
     data = bytearray()
     async for chunk in request.stream():
@@ -166,9 +171,9 @@ async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, 
     from python_multipart.multipart import FormParser, parse_options_header
 
     limit_mb = max_bytes / 2**20
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, "upload_too_large", f"the upload has {int(declared) / 2**20:.1f} MB; "
+    declared = declared_over(request, max_bytes)
+    if declared:
+        raise ApiError(413, "upload_too_large", f"the upload has {declared / 2**20:.1f} MB; "
                                                 f"the limit is {limit_mb:g} MB")
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:

@@ -207,8 +207,10 @@ class ClipSepModel:
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
                                           projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder,
                                           stop=stop)
-        except (QueryError, AudioDecodeError, FileNotFoundError) as exc:
-            return {"error": str(exc), "kind": type(exc).__name__}
+        except QueryError as exc:
+            return {"error": str(exc)}
+        except (AudioDecodeError, FileNotFoundError) as exc:
+            return {"error": str(exc), "status": 400, "code": "bad_input"}
         except RateError as exc:
             return {"error": str(exc), "status": 400, "code": "unsupported_sample_rate"}
         except ImportError as exc:  # gs://, az://: a filesystem library this server does not have
