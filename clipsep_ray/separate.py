@@ -268,20 +268,26 @@ class Separator:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.frontend = SpectralFrontEnd.from_config(cfg.audio).to(self.device)
         self._encoder = query_encoder
+        self.checkpoint_sha256: str | None = None  # the file's identity, when loaded from one
 
     @classmethod
     def from_checkpoint(cls, uri: str, device: str = "auto", clip_pretrained: str | None = None,
-                        query_encoder: QueryEncoder | None = None, **inference) -> "Separator":
+                        query_encoder: QueryEncoder | None = None, sha256: str | None = None,
+                        **inference) -> "Separator":
         """Load a checkpoint; ``clip_pretrained`` overrides where the CLIP weights are read from;
-        ``inference`` overrides InferenceConfig fields (e.g. precision="fp32")."""
+        ``sha256`` is the identity the file must have (``models.checkpoint.read_checkpoint``), and
+        the one it had is kept as ``checkpoint_sha256``; ``inference`` overrides InferenceConfig
+        fields (e.g. precision="fp32")."""
         from clipsep_ray.models.checkpoint import load_checkpoint
 
-        model, cfg, _ = load_checkpoint(uri)
+        model, cfg, payload = load_checkpoint(uri, sha256=sha256)
         if clip_pretrained is not None:
             cfg.query.clip_pretrained = clip_pretrained
         if inference:
             cfg = cfg.override({f"inference.{k}": v for k, v in inference.items()})
-        return cls(model, cfg, query_encoder, device)
+        sep = cls(model, cfg, query_encoder, device)
+        sep.checkpoint_sha256 = payload["sha256"]
+        return sep
 
     @property
     def query_encoder(self) -> QueryEncoder:

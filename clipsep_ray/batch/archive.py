@@ -13,7 +13,6 @@ killed run are removed before anything else, and ``_tmp/`` again at the end.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -33,12 +32,6 @@ COLUMNS = ("input", "relative_path", "status", "error", "duration_s", "sample_ra
 
 class ArchiveError(ValueError):
     """A job that must not start (another checkpoint or query set in OUTPUT_URI, a bad format)."""
-
-
-def _checkpoint_id(checkpoint: str) -> str:
-    from clipsep_ray.models.checkpoint import read_checkpoint_bytes
-
-    return hashlib.sha256(read_checkpoint_bytes(checkpoint)).hexdigest()[:16]
 
 
 def _check_job(output_uri: str, job: dict, overwrite: bool, endpoint) -> dict | None:
@@ -105,7 +98,7 @@ def _is_done(row: dict | None, endpoint) -> bool:
     return bool(row) and row["status"] == "done" and all(storage.exists(u, endpoint) for u in row["outputs"])
 
 
-def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], projections, model_sr: int,
+def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: list[str], projections, model_sr: int,
               output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
               task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str, env: dict):
     import ray
@@ -126,7 +119,7 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, names: list[str], pr
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
             "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
             **actor_env}
-    model = {"checkpoint": checkpoint, "names": names, "projections": projections, "output_uri": output_uri,
+    model = {"checkpoint": checkpoint, "sha256": sha256, "names": names, "projections": projections, "output_uri": output_uri,
              "device": device, "block_seconds": block_seconds}
     if mode == "fused":
         return _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
@@ -190,9 +183,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     explicit, endpoint = endpoint, storage.endpoint_url(endpoint)
     output_uri, checkpoint = storage.normalize_uri(output_uri), storage.normalize_uri(checkpoint)
     with storage.endpoint_env(explicit):
-        names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
-        job = {"checkpoint": checkpoint, "checkpoint_sha256": _checkpoint_id(checkpoint), "queries": names,
-               "format": fmt}
+        sha256, names, projections, model_sr, weight_bytes = _check_model(checkpoint, queries, fmt)
+    job = {"checkpoint": checkpoint, "checkpoint_sha256": sha256, "queries": names, "format": fmt}
     if projections is None:  # a model with fixed outputs (PIT): it takes no queries
         log(f"[archive] {checkpoint} separates fixed sources ({', '.join(names)}), not queries: --query "
             f"{' --query '.join(repr(q) for q in queries)} is not used")
@@ -206,13 +198,15 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
         + (f"; {ignored} file{'s' * (ignored != 1)} ignored: no audio/video extension" if ignored else "") + ")")
     run = {"separated": 0, "pipeline": None, "actors": 0, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
-    if todo:
-        run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
-                        actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
-                        task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
-                        object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
-                        env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
-    write_manifest(output_uri, list(rows.values()), endpoint)
+    try:
+        if todo:
+            run = _separate(todo, rows, job, projections=projections, model_sr=model_sr, output_uri=output_uri,
+                            actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
+                            task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
+                            object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
+                            env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
+    finally:  # also when the job fails or is interrupted: the inputs done so far are not done again
+        write_manifest(output_uri, list(rows.values()), endpoint)
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
     return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
@@ -222,16 +216,17 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
 
 
 def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
-    """A bad checkpoint, query or clashing query names fail here, before any work: (names, their
-    (Q, k) float32 projections for the model replicas (None for fixed outputs), model rate,
-    bytes of the model's weights)."""
+    """A bad checkpoint, query or clashing query names fail here, before any work: (the file's
+    identity, the output names, their (Q, k) float32 projections for the model replicas (None for
+    fixed outputs), model rate, bytes of the model's weights)."""
     from clipsep_ray.separate import Separator, output_files, tensor_bytes
 
     sep = Separator.from_checkpoint(checkpoint, device="cpu")
     names, proj = sep.projections(list(queries))
     output_files("x", names, fmt)
     weights = tensor_bytes(*sep.model.state_dict().values())
-    return names, (None if proj is None else proj.cpu().numpy()), sep.cfg.audio.sample_rate, weights
+    return (sep.checkpoint_sha256, names, None if proj is None else proj.cpu().numpy(), sep.cfg.audio.sample_rate,
+            weights)
 
 
 def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
@@ -337,9 +332,10 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
         + (f", {gpus:g} GPU" if gpus else "") + f", about {actor_mb / 1024:.1f} GB each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
     separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
-    for r in _pipeline(todo, checkpoint=job["checkpoint"], names=job["queries"], output_uri=output_uri,
-                       fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors, cpus_per_actor=cpus_per_actor,
-                       task_cpus=task_cpus, **pipeline_kw):
+    results = _pipeline(todo, checkpoint=job["checkpoint"], sha256=job["checkpoint_sha256"], names=job["queries"],
+                        output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors,
+                        cpus_per_actor=cpus_per_actor, task_cpus=task_cpus, **pipeline_kw)
+    for r in _actors_started(results):
         ok = r["status"] == "ok"
         separated += ok
         for s in stages.STAGES:
@@ -358,6 +354,21 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
             last_write = time.time()
     return {"separated": separated, "pipeline": mode, "actors": actors,
             "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
+
+
+def _actors_started(results):
+    """``results``, with a model actor that fails in its constructor (a checkpoint replaced since
+    the job read it, a GPU out of memory) told as an ArchiveError naming the reason, not as Ray's
+    traceback of its actor pool."""
+    from ray.exceptions import RayActorError
+
+    try:
+        yield from results
+    except RayActorError as exc:
+        if not exc.actor_init_failed:
+            raise
+        reason = str(exc).strip().splitlines()[-1]  # the constructor's exception: "module.Class: message"
+        raise ArchiveError(f"a model actor could not start: {reason}") from None
 
 
 class _Progress:

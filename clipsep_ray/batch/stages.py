@@ -120,15 +120,17 @@ class _ModelActor:
     ``names`` and ``projections`` are the driver's ``Separator.projections(queries)`` ((Q, k)
     float32, None for models with fixed outputs): replicas never load the query encoder, which
     cost each actor 2.1 s of start-up on 2 cores (open_clip's import and text tower).
+    ``sha256`` is the checkpoint file the job recorded: an actor started (or restarted) after
+    another file was written to the same URI refuses to start instead of separating with it.
     """
 
-    def __init__(self, checkpoint: str, names: list[str], projections: np.ndarray | None, output_uri: str,
-                 device: str, block_seconds: float, fmt: str = "flac"):
+    def __init__(self, checkpoint: str, sha256: str | None, names: list[str], projections: np.ndarray | None,
+                 output_uri: str, device: str, block_seconds: float, fmt: str = "flac"):
         import torch
 
         from clipsep_ray.separate import Separator
 
-        self.sep = Separator.from_checkpoint(checkpoint, device=device)
+        self.sep = Separator.from_checkpoint(checkpoint, device=device, sha256=sha256)
         self.names = list(names)
         self.proj = None if projections is None else torch.tensor(projections).to(self.sep.device)
         self.output_uri, self.block_seconds, self.fmt = output_uri, block_seconds, fmt

@@ -7,6 +7,7 @@ file as ``model.pt``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import platform
 from typing import Any
@@ -71,10 +72,21 @@ def read_checkpoint_bytes(uri: str) -> bytes:
         raise CheckpointError(f"checkpoint not found: {target}") from None
 
 
-def read_checkpoint(uri: str, map_location: str = "cpu") -> dict[str, Any]:
-    """The raw payload (format, config, versions, model, extra), loaded safely."""
+def file_sha256(data: bytes) -> str:
+    """A checkpoint file's identity: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_checkpoint(uri: str, map_location: str = "cpu", sha256: str | None = None) -> dict[str, Any]:
+    """The raw payload (format, config, versions, model, extra), loaded safely, with the file's
+    :func:`file_sha256` added as ``sha256``. ``sha256``, when given, is the identity the file must
+    have: a job that recorded it refuses a checkpoint replaced since (a CheckpointError)."""
     target = _file_uri(uri)
     data = read_checkpoint_bytes(uri)
+    got = file_sha256(data)
+    if sha256 is not None and got != sha256:
+        raise CheckpointError(f"{target} changed since the job recorded it (SHA-256 {got}..., the job's {sha256}...): "
+                              f"another checkpoint was written there; run the job again to use it")
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -82,19 +94,19 @@ def read_checkpoint(uri: str, map_location: str = "cpu") -> dict[str, Any]:
                               f"{str(exc).splitlines()[0][:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{target} is not a clipsep_ray checkpoint (expected format '{FORMAT}')")
-    return payload
+    return {**payload, "sha256": got}
 
 
-def load_checkpoint(uri: str, map_location: str = "cpu", expected: Config | None = None
+def load_checkpoint(uri: str, map_location: str = "cpu", expected: Config | None = None, sha256: str | None = None
                     ) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild the model a checkpoint describes -> (model in eval mode, its Config, payload).
 
     ``expected``: when given, the checkpoint's model section must equal it; each
-    differing field is named in the error.
+    differing field is named in the error. ``sha256``: as in :func:`read_checkpoint`.
     """
     from clipsep_ray.models.registry import build_model
 
-    payload = read_checkpoint(uri, map_location)
+    payload = read_checkpoint(uri, map_location, sha256)
     try:
         cfg = Config.from_dict(payload["config"]).validate()
     except ConfigError as exc:

@@ -318,3 +318,57 @@ def test_a_row_reaches_the_driver_when_its_file_is_done_not_when_the_next_one_is
         flag.touch()
     assert [r["i"] for r in got] == [0, 1]
     assert got[1]["saw_flag"], "the first row reached the consumer only after the second row's work ended"
+
+
+def test_actors_refuse_a_checkpoint_replaced_after_the_job_recorded_it(ray_local, checkpoint, archive, tmp_path):
+    """Another checkpoint written to the job's URI after the driver read it (here: just before the
+    actors start; on a cluster, before an actor is restarted): no actor separates with it, the job
+    ends with an error naming the URI, and no output or manifest row claims the recorded one."""
+    import shutil
+
+    from clipsep_ray.batch.archive import ArchiveError, read_manifest, separate_archive
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+
+    root, good, broken = archive
+    ckpt = str(tmp_path / "model.pt")
+    shutil.copy(checkpoint, ckpt)
+    cfg = load_config("tiny")
+    other = save_checkpoint(str(tmp_path / "other.pt"), build_model(cfg.model), cfg)
+
+    def log(line: str) -> None:
+        if "model actor" in line:  # the driver's checks are done; the actors load the file next
+            shutil.copy(other, ckpt)
+
+    out = tmp_path / "out"
+    with pytest.raises(ArchiveError, match=f"{ckpt} changed since the job recorded it"):
+        separate_archive(ckpt, ["dog"], str(root / "long"), str(out), cpus_per_actor=0.5, log=log)
+    assert not list(out.rglob("*.flac"))
+    assert read_manifest(str(out)) == []  # written all the same: a job that fails records what it finished
+
+
+def test_an_interrupted_job_records_the_inputs_it_finished(ray_local, checkpoint, archive, tmp_path):
+    """Ctrl-C (here raised by the first progress line, right after the first row) still writes the
+    manifest: the inputs done so far are recorded, and the re-run does not separate them again."""
+    import shutil
+
+    from clipsep_ray.batch.archive import read_manifest, separate_archive
+
+    root, good, broken = archive
+    src = tmp_path / "in"
+    for rel in ("a.wav", "d.ogg", "long/minutes.wav"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, src / rel)
+
+    def log(line: str) -> None:
+        if " files, " in line:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        separate_archive(checkpoint, ["dog"], str(src), str(out), cpus_per_actor=0.5, log=log)
+    rows = read_manifest(str(out))
+    assert len(rows) == 1 and rows[0]["status"] == "done" and all(os.path.exists(u) for u in rows[0]["outputs"])
+    again = separate_archive(checkpoint, ["dog"], str(src), str(out), cpus_per_actor=0.5)
+    assert again["already_done"] == 1 and again["separated"] == 2 and again["done"] == 3

@@ -74,3 +74,16 @@ def test_checkpoint_from_another_config_is_named(tmp_path):
     (tmp_path / "mixed.pt").write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match="weights do not match the config"):
         load_checkpoint(str(tmp_path / "mixed.pt"))
+
+
+def test_a_checkpoint_is_identified_by_its_bytes(tmp_path):
+    """The identity an archive job records; loading with it refuses another file at the same URI."""
+    cfg = load_config("tiny")
+    uri = save_checkpoint(str(tmp_path / "m.pt"), build_model(cfg.model), cfg)
+    first = read_checkpoint(uri)["sha256"]
+    assert len(first) == 16 and read_checkpoint(uri)["sha256"] == first
+    load_checkpoint(uri, sha256=first)
+    save_checkpoint(uri, build_model(cfg.model), cfg)  # other weights written to the same URI
+    with pytest.raises(CheckpointError, match="m.pt changed since the job recorded it"):
+        load_checkpoint(uri, sha256=first)
+    assert read_checkpoint(uri)["sha256"] != first

@@ -223,7 +223,8 @@ def test_archive_replica_uses_the_drivers_projections_without_a_query_encoder(ti
     sr = 16000
     wave = (np.random.default_rng(5).standard_normal(int(sr * 2.4)) * 0.1).astype(np.float32)
     write_audio(str(tmp_path / "in.wav"), wave, sr, subtype="FLOAT")
-    actor = stages.SeparateFile(ckpt, names, proj.numpy(), str(tmp_path / "out"), "cpu", 1.0, fmt="wav")
+    actor = stages.SeparateFile(ckpt, driver.checkpoint_sha256, names, proj.numpy(), str(tmp_path / "out"), "cpu", 1.0,
+                                fmt="wav")
     row = {"input": str(tmp_path / "in.wav"), "out_dir": "in", "status": "ok", "error": "", "seconds": 0.0,
            "sample_rate": 0, "channels": 0, "duration_s": 0.0, "outputs": "[]", "separate_rss_mb": 0.0}
     out = stages.rows_of(actor(stages.batch_of([row])))[0]
