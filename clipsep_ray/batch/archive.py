@@ -13,6 +13,7 @@ killed run are removed before anything else, and ``_tmp/`` again at the end.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -191,7 +192,11 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     try:
         rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
-    except PermissionError as exc:  # an output it may not read or write (an S3 AccessDenied)
+    except (PermissionError, FileExistsError, NotADirectoryError) as exc:  # an S3 AccessDenied; a file in the way
+        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:  # a read-only file system
+            raise
         raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
     already = len(rows)

@@ -262,7 +262,8 @@ class ClipSepModel:
 
     def info(self) -> dict:
         cfg = self.sep.cfg
-        return {"replica": self.tag, "actor": self.actor, "checkpoint": self.checkpoint, "device": str(self.sep.device),
+        return {"replica": self.tag, "actor": self.actor, "checkpoint": self.checkpoint,
+                "checkpoint_sha256": self.sep.checkpoint_sha256, "device": str(self.sep.device),
                 "model": {"arch": cfg.model.arch,
                           "method": self.sep.model.method_name(cfg.model, cfg.train.mode),
                           "text_queries": bool(self.sep.model.text_queries), "clip_model": cfg.query.clip_model,

@@ -180,6 +180,11 @@ def test_cli_exit_codes(ray_local, checkpoint, archive, tmp_path, capsys):
     assert main(["separate-archive", str(tmp_path / "missing"), str(tmp_path / "o4"), "--checkpoint", checkpoint,
                  "--query", "dog"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    for output in (tmp_path / "a-file", tmp_path / "a-file" / "out", "/sys/clipsep-out"):  # /sys: even root may not
+        assert main(["separate-archive", str(root / "a.wav"), str(output), "--checkpoint", checkpoint,
+                     "--query", "dog"]) == 2
+        assert f"cannot use {output}" in capsys.readouterr().err
 
 
 def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive, tmp_path):

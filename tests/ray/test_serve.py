@@ -83,10 +83,13 @@ def _error(resp, status: int, code: str | None = None) -> str:
     return body["message"]
 
 
-def test_health_info_docs_and_page(server):
+def test_health_info_docs_and_page(server, tiny_checkpoint):
+    from clipsep_ray.models.checkpoint import read_checkpoint
+
     client, _ = server
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/info").json()
+    assert info["checkpoint_sha256"] == read_checkpoint(tiny_checkpoint)["sha256"]  # which file the replica runs
     assert info["sample_rate"] == 8000 and info["model"]["text_queries"] is True
     assert info["limits"]["max_upload_mb"] == 8 and info["limits"]["max_seconds"] == 120
     assert {"batches", "items", "max_batch_items"} <= set(info["batching"])
@@ -313,6 +316,40 @@ def test_separate_uri(server, s3_server, s3_bucket):
     _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav", "output": "local:///tmp/x",
                                                   "queries": ["dog"]}), 422, "bad_uri")
     _error(client.post("/v1/separate-uri", json={"input": 3}), 422, "bad_request")
+
+
+def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_bucket, tiny_checkpoint, tmp_path):
+    """A client that leaves a long separate-uri: the replica stops at its next block and frees its
+    temporary area, and nothing is written to the output prefix (had it run on, its outputs would
+    be uploaded before the area is freed)."""
+    from ray import serve
+
+    from clipsep_ray.serve.app import build_app
+
+    client, _ = server
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/hour.wav", Body=_wav(_tone(8000, 3600.0, seed=12), 8000))
+    serve.run(build_app({"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.25, "ingress_cpus": 0.1,
+                         "max_seconds": 7200, "temp_dir": str(tmp_path)}), name="long", route_prefix="/long")
+    try:
+        job = {"input": f"s3://{s3_bucket}/in/hour.wav", "output": f"s3://{s3_bucket}/out/hour", "queries": ["dog"]}
+        t0 = time.time()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/long/v1/separate-uri", json=job, timeout=3.0)
+        used = [client.get("/long/v1/info").json()["temp"]["used_bytes"]]
+        while used[-1] and time.time() - t0 < 120:
+            time.sleep(0.2)
+            used.append(client.get("/long/v1/info").json()["temp"]["used_bytes"])
+        freed = time.time() - t0
+        assert used[0] > 0, "the work had ended before the client left: the test proves nothing"
+        assert used[-1] == 0, "the temporary area was never freed"
+        listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="out/hour").get("KeyCount", 0)
+        assert listed == 0, "the separation ran on after its client left"
+        print(f"[separate-uri] client left at 3 s, area freed at {freed:.1f} s")
+        # the replica still answers: the stop ended one request, not the replica
+        assert client.post("/long/v1/separate-uri", json={**job, "input": f"s3://{s3_bucket}/in/none.wav"}
+                           ).status_code == 400
+    finally:
+        serve.delete("long")
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
