@@ -114,7 +114,9 @@ class AudioReader:
     """Streaming decoder of one source. Use as a context manager.
 
     Attributes: ``sample_rate`` (native rate), ``num_frames`` (samples per channel, or
-    None when the container does not say, as for some PyAV streams), ``channels``.
+    None when the container does not say, as for some PyAV streams), ``channels``,
+    ``exact_length`` (True when decoding stops at ``num_frames``: libsndfile's formats; a
+    PyAV container's duration is only what it declares, and its packets may hold more).
     ``blocks(n)`` yields mono float32 ``(n,)`` arrays (the last may be shorter).
     """
 
@@ -153,6 +155,7 @@ class AudioReader:
                 _check_complete(self.name, self._sf)
                 self.sample_rate, self.channels = self._sf.samplerate, self._sf.channels
                 self.num_frames = self._sf.frames if self._sf.frames > 0 else None
+                self.exact_length = self.num_frames is not None  # libsndfile reads no further
                 return
             except (sf.LibsndfileError, RuntimeError, TypeError) as e:
                 sf_error = e
@@ -171,7 +174,7 @@ class AudioReader:
         self.sample_rate, self.channels = int(cc.sample_rate), int(cc.channels)
         if not self.sample_rate:
             raise AudioDecodeError(self.name, "corrupt or unsupported: audio stream has no sample rate")
-        self.num_frames = None
+        self.num_frames, self.exact_length = None, False
         if self._stream.duration is not None and self._stream.time_base is not None:
             self.num_frames = int(round(float(self._stream.duration * self._stream.time_base) * self.sample_rate))
 
@@ -205,6 +208,9 @@ class AudioReader:
         pending: list[np.ndarray] = []
         have = total = 0
         for chunk in self._raw_chunks():
+            if not np.isfinite(chunk).all():  # a float file can hold them; every stem would be NaN
+                at = (total + have + int(np.argmin(np.isfinite(chunk)))) / self.sample_rate
+                raise AudioDecodeError(self.name, f"the audio holds NaN or infinite samples (the first at {at:.3f} s)")
             pending.append(chunk)
             have += len(chunk)
             while have >= block_frames:
@@ -266,8 +272,20 @@ def iter_audio_blocks(source, block_seconds: float = 30.0) -> Iterator[np.ndarra
 MAX_RESAMPLER_TAPS = 1 << 24
 
 
+#: The highest sample rate taken (DXD, the fastest studio converters). A file may declare any rate
+#: up to 655,350 Hz: 10 minutes of silence at that rate is a 1.3 MB FLAC and 1.6 GB of float32 samples.
+MAX_SAMPLE_RATE = 384_000
+
+
 class RateError(ValueError):
     """A sample rate that cannot be resampled to another within the resampler's bound."""
+
+
+def check_rate(sr: int) -> None:
+    """Raise :class:`RateError` for a rate that is not positive or above :data:`MAX_SAMPLE_RATE`."""
+    if not 0 < int(sr) <= MAX_SAMPLE_RATE:
+        raise RateError(f"a sample rate of {int(sr):,} Hz is not taken here (1 Hz to {MAX_SAMPLE_RATE:,} Hz); "
+                        "convert the file to a usual rate first")
 
 
 class TooLongError(ValueError):
@@ -287,8 +305,8 @@ def check_rates(orig_sr: int, new_sr: int, width: int = 6, rolloff: float = 0.99
     """Raise :class:`RateError` when ``orig_sr`` -> ``new_sr`` is not a usable resampling: the size
     of torchaudio's sinc kernel for them (``lowpass_filter_width`` ``width``) past the bound."""
     orig_sr, new_sr = int(orig_sr), int(new_sr)
-    if orig_sr <= 0 or new_sr <= 0:
-        raise RateError(f"a sample rate of {min(orig_sr, new_sr)} Hz is not usable")
+    check_rate(orig_sr)
+    check_rate(new_sr)
     g = math.gcd(orig_sr, new_sr)
     o, n = orig_sr // g, new_sr // g
     taps = n * (o + 2 * _sinc_width(o, n, width, rolloff))

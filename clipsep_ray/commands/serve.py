@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a batch waits for more requests (default: 0.01)")
     p.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N", help="upload limit (default: 100)")
     p.add_argument("--max-seconds", type=float, default=600.0, metavar="S",
-                   help="longest audio an upload may hold (default: 600)")
+                   help="longest audio an upload may hold (default: 600; above 48 kHz proportionally less)")
     p.add_argument("--max-queued-requests", type=int, default=64, metavar="N",
                    help="requests waiting per model replica before 503s (default: 64)")
     p.add_argument("--cache-mb", type=float, default=512.0, metavar="N",

@@ -34,6 +34,9 @@ MEDIA = {"wav": "audio/wav", "flac": "audio/flac"}
 #: pause): Serve's routers learn which replica holds an id from its controller, within about a
 #: second (replicas report every 0.1 s; a router waits up to 1 s for a matching replica).
 ROUTE_DEADLINE_S = 3.0
+#: Samples per second of ``max_seconds`` an upload may hold: a 1.3 MB FLAC may declare 655,350 Hz,
+#: and 10 minutes of it decode to 1.6 GB in the ingress, then once more per stem in the replica.
+UPLOAD_RATE_BUDGET = 48_000
 
 app = FastAPI(title="clipsep_ray", description="Text-queried sound separation (CLIPSep + NIT)")
 
@@ -78,6 +81,17 @@ def _stages(result: dict, seconds: dict[str, float]) -> dict[str, float]:
     """ms per stage of a request: the ingress's own (``seconds``; "model" is the whole wait for
     the replica, hops included) and the replica's ("queries", "separate")."""
     return {**{k: 1000 * v for k, v in seconds.items()}, **result.get("timing", {})}
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition for ``name`` (a query slug keeps its unicode: "犬.wav"): header values
+    are latin-1, so an ASCII stand-in plus the UTF-8 name as RFC 6266's ``filename*``."""
+    from urllib.parse import quote
+
+    plain = name.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _body_schema(model) -> dict:
@@ -139,12 +153,18 @@ class ClipSepIngress:
 
     def decode(self, path: str) -> tuple[np.ndarray, int]:
         """The upload as mono float32 at its own rate; 400 if it does not decode, 413 if too long."""
-        from clipsep_ray.audio.io import AudioDecodeError, AudioReader
+        from clipsep_ray.audio.io import AudioDecodeError, AudioReader, RateError, check_rate
 
-        too_long = ApiError(413, "audio_too_long", f"the audio is longer than {self.limits.max_seconds:g} s")
         try:
             with AudioReader(path) as reader:
-                sr, limit = reader.sample_rate, int(self.limits.max_seconds * reader.sample_rate)
+                sr = reader.sample_rate
+                check_rate(sr)
+                # The limit counts samples: above 48 kHz it holds proportionally less time, so a
+                # request's memory (the upload, then one copy per stem) does not grow with the rate.
+                limit = int(self.limits.max_seconds * min(sr, UPLOAD_RATE_BUDGET))
+                too_long = ApiError(413, "audio_too_long", f"the audio is longer than {limit / sr:g} s" + (
+                    f" (at {sr:,} Hz: {self.limits.max_seconds:g} s at 48 kHz in samples)" if sr > UPLOAD_RATE_BUDGET
+                    else ""))
                 if reader.num_frames is not None and reader.num_frames > limit:
                     raise too_long
                 blocks, n = [], 0
@@ -155,6 +175,8 @@ class ClipSepIngress:
                     blocks.append(block)
         except AudioDecodeError as exc:
             raise ApiError(400, "undecodable_audio", f"the file does not decode: {exc.reason}") from None
+        except RateError as exc:
+            raise ApiError(400, "unsupported_sample_rate", str(exc)) from None
         return np.concatenate(blocks), int(sr)
 
     def answer(self, stems: dict, sr: int, queries: list[str], fmt: str, residual: bool, upload_id: str,
@@ -173,7 +195,7 @@ class ClipSepIngress:
         headers = {"X-Separation-Id": upload_id,
                    "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in timing.items())}
         if len(names) == 1:
-            headers["Content-Disposition"] = f'attachment; filename="{files[names[0]]}"'
+            headers["Content-Disposition"] = _attachment(files[names[0]])
             return Response(data[names[0]], media_type=MEDIA[fmt], headers=headers)
         buf = io.BytesIO()
         # Stored, not deflated: PCM hardly compresses, and the web page reads the zip without a library.

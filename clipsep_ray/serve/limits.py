@@ -5,6 +5,7 @@ before any model work, so a bad request costs no replica time.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ class Limits:
     """What one request may ask for, and how the model replicas batch (the Serve config's args)."""
 
     max_upload_mb: float = 100.0  # request body, counted while it is read
-    max_seconds: float = 600.0  # decoded audio length of an upload
+    max_seconds: float = 600.0  # decoded audio length of an upload (counted in samples at 48 kHz above that rate)
     max_batch_size: int = 16  # requests' window groups per U-Net call (@serve.batch)
     batch_wait_s: float = 0.01  # how long a batch waits to fill
     max_queued_requests: int = 64  # per model replica; beyond it: 503 + Retry-After
@@ -49,7 +50,8 @@ class Limits:
                     setattr(out, k, int(v) if known[k] == "int" else float(v))
                 except (TypeError, ValueError):
                     raise ValueError(f"serve argument {k}: expected a number, got {v!r}") from None
-                if getattr(out, k) <= 0 and k != "batch_wait_s" or getattr(out, k) < 0:
+                value = getattr(out, k)
+                if not math.isfinite(value) or value <= 0 and k != "batch_wait_s" or value < 0:
                     raise ValueError(f"serve argument {k} must be positive, got {v!r}")
         return out
 
@@ -191,11 +193,11 @@ async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, 
         f.file_object.flush()
         files[f.field_name.decode("utf-8", "replace")] = f.actual_file_name.decode()
 
-    parser = FormParser("multipart/form-data", on_field, on_file, boundary=params[b"boundary"],
-                        config={"UPLOAD_DIR": folder, "MAX_MEMORY_FILE_SIZE": 0, "UPLOAD_DELETE_TMP": False,
-                                "MAX_BODY_SIZE": max_bytes + 1})
     seen = 0
-    try:
+    try:  # the parser too: it refuses a boundary over 256 bytes in its constructor
+        parser = FormParser("multipart/form-data", on_field, on_file, boundary=params[b"boundary"],
+                            config={"UPLOAD_DIR": folder, "MAX_MEMORY_FILE_SIZE": 0, "UPLOAD_DELETE_TMP": False,
+                                    "MAX_BODY_SIZE": max_bytes + 1})
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > max_bytes:

@@ -229,14 +229,16 @@ class ClipSepModel:
         return {"outputs": files}
 
     def _output_bytes(self, source: str, outputs: int) -> int:
-        """Bytes of ``outputs`` 16-bit mono files as long as ``source`` (at most ``max_seconds``)."""
+        """Bytes of ``outputs`` 16-bit mono files as long as ``source`` (at most ``max_seconds``): the
+        length its header gives where decoding stops there, else ``max_seconds`` (an MP4 may declare
+        1 s and hold 10 minutes, which the writers would put in an area reserved for 1 s)."""
         from clipsep_ray.audio.io import AudioReader, TooLongError
 
         with AudioReader(source) as reader:
             cap = int(self.limits.max_seconds * reader.sample_rate)
             if reader.num_frames is not None and reader.num_frames > cap:
                 raise TooLongError(source, self.limits.max_seconds)
-            return outputs * (2 * min(reader.num_frames or cap, cap) + 4096)
+            return outputs * (2 * (reader.num_frames if reader.exact_length else cap) + 4096)
 
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:

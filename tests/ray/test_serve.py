@@ -264,6 +264,39 @@ def test_no_file_and_undecodable_audio(server):
     assert "does not decode" in msg and len(msg) > 30
 
 
+def test_awkward_uploads_get_a_clear_4xx(server):
+    """Each of these was a 500 or unbounded memory: a non-finite sample, a rate past 384 kHz, a high
+    rate's long file (the length limit counts samples), a multipart boundary over 256 bytes."""
+    client, _ = server
+    wave = _tone(8000, 1.0)
+    wave[4000] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, wave, 8000, format="WAV", subtype="FLOAT")
+    msg = _error(_separate(client, buf.getvalue(), ["dog"]), 400, "undecodable_audio")
+    assert "NaN or infinite samples (the first at 0.500 s)" in msg
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(4000, np.float32), 400_000, format="WAV")
+    assert "400,000 Hz is not taken here" in _error(_separate(client, buf.getvalue(), ["dog"]), 400,
+                                                    "unsupported_sample_rate")
+    buf = io.BytesIO()  # 61 s at 96 kHz against max_seconds 120: 60 s at that rate (a few KB of FLAC)
+    sf.write(buf, np.zeros(61 * 96_000, np.int16), 96_000, format="FLAC")
+    assert "longer than 60 s (at 96,000 Hz" in _error(_separate(client, buf.getvalue(), ["dog"], name="x.flac"),
+                                                      413, "audio_too_long")
+    boundary = "b" * 300
+    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"query\"\r\n\r\ndog\r\n--{boundary}--\r\n"
+    resp = client.post("/v1/separate", content=body.encode(),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert "Boundary length" in _error(resp, 422, "bad_request")  # and its request folder is gone (next test)
+
+
+def test_a_unicode_query_names_its_single_file_answer(server):
+    client, _ = server
+    resp = _separate(client, _wav(_tone(8000, 0.5), 8000), ["犬", "café"][:1], residual="false")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-disposition"] == \
+        "attachment; filename=\"_.wav\"; filename*=UTF-8''%E7%8A%AC.wav"
+
+
 def test_temp_area_is_empty_after_requests(server):
     _, temp = server
     areas = [os.path.join(temp, d) for d in os.listdir(temp)]

@@ -229,7 +229,7 @@ def test_audio_reader_blocks_soundfile(tmp_path):
     write_audio(tmp_path / "n.flac", wave, 8000)
     full, _ = load_audio(tmp_path / "n.flac")
     with AudioReader(tmp_path / "n.flac") as reader:
-        assert reader.sample_rate == 8000 and reader.num_frames == len(wave)
+        assert reader.sample_rate == 8000 and reader.num_frames == len(wave) and reader.exact_length
         blocks = list(reader.blocks(997))
     assert all(len(b) == 997 for b in blocks[:-1]) and 0 < len(blocks[-1]) <= 997
     np.testing.assert_array_equal(np.concatenate(blocks), full)
@@ -243,7 +243,7 @@ def test_audio_reader_blocks_pyav(tmp_path):
     write_mp4(path, tone(440, 22050, 1.0)[None], 22050)
     full, _ = load_audio(path)
     with AudioReader(path) as reader:
-        assert reader.sample_rate == 22050
+        assert reader.sample_rate == 22050 and not reader.exact_length  # a container's declared duration
         assert reader.num_frames is None or abs(reader.num_frames - len(full)) < 0.1 * 22050
         blocks = list(reader.blocks(1500))
     assert all(len(b) == 1500 for b in blocks[:-1])
@@ -429,3 +429,22 @@ def test_int16_pcm_encodes_to_the_same_bytes_as_the_float_audio_it_came_from(fmt
     # written as sample counts.
     back, _ = sf.read(io.BytesIO(encode_audio(pcm, 16000, "ogg")), dtype="float32")
     assert np.abs(back).max() < 2.0 and np.corrcoef(back, np.clip(wave, -1, 1))[0, 1] > 0.95
+
+
+def test_non_finite_samples_and_extreme_rates_are_refused(tmp_path):
+    from clipsep_ray.audio.io import AudioDecodeError, AudioReader, RateError, check_rate, check_rates
+
+    wave = np.zeros(16000 * 3, np.float32)
+    wave[16000 * 2 + 5] = np.inf
+    sf.write(str(tmp_path / "inf.wav"), wave, 16000, subtype="FLOAT")
+    with AudioReader(str(tmp_path / "inf.wav")) as reader, \
+            pytest.raises(AudioDecodeError, match=r"inf.wav.*NaN or infinite samples \(the first at 2.000 s\)"):
+        list(reader.blocks(4000))
+    for ok in (8000, 44100, 384_000):
+        check_rate(ok)
+    check_rates(384_000, 16000)
+    for bad in (0, -8000, 384_001, 655_350):
+        with pytest.raises(RateError, match="is not taken here"):
+            check_rate(bad)
+    with pytest.raises(RateError):
+        check_rates(655_350, 16000)

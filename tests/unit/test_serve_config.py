@@ -73,8 +73,9 @@ def test_auto_takes_a_gpu_only_when_the_replica_reserved_one_and_temp_dir_reache
 
 def test_limits_and_checks():
     assert Limits.from_args({"max_upload_mb": "2", "max_batch_size": 4}).max_upload_mb == 2.0
-    with pytest.raises(ValueError, match="max_seconds"):
-        Limits.from_args({"max_seconds": -1})
+    for bad in (-1, "inf", "nan"):  # inf and nan passed, and then every upload was a 500
+        with pytest.raises(ValueError, match="max_seconds"):
+            Limits.from_args({"max_seconds": bad})
     assert check_query_list([" dog ", "rain"]) == ["dog", "rain"]
     for bad, code in [([], "no_query"), (["a", "a"], "repeated_query"), (["Dog!", "dog"], "clashing_queries")]:
         with pytest.raises(ApiError) as err:

@@ -157,8 +157,9 @@ async function show(xhr) {
       addTrack(name, entries[name], name.endsWith(".flac") ? "audio/flac" : "audio/wav");
     }
   } else {
-    const m = /filename="([^"]+)"/.exec(xhr.getResponseHeader("Content-Disposition") || "");
-    addTrack(m ? m[1] : "stem", new Uint8Array(xhr.response), type);
+    const cd = xhr.getResponseHeader("Content-Disposition") || "";  // filename*: a unicode name in UTF-8
+    const star = /filename\*=UTF-8''([^;]+)/.exec(cd), m = /filename="([^"]+)"/.exec(cd);
+    addTrack(star ? decodeURIComponent(star[1]) : m ? m[1] : "stem", new Uint8Array(xhr.response), type);
   }
   $("results").hidden = false;
   setStatus("done");
