@@ -62,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from clipsep_ray.runtime import init_ray
+    from clipsep_ray.separate import Separator
     from clipsep_ray.serve.app import APP_NAME, build_app
+    from clipsep_ray.serve.model import check_servable
 
     try:
         application = build_app(app_args(args))
+        # Here, before Ray starts: a checkpoint that is missing, corrupt or of a fixed-output model
+        # would otherwise fail in every replica, and serve.run would show their tracebacks.
+        check_servable(Separator.from_checkpoint(args.checkpoint, device="cpu"), args.checkpoint)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsep_ray.serve.limits import (ApiError, Limits, TempArea, check_bool, check_format, check_query_list, read_form,
                                      read_json)
@@ -63,6 +64,14 @@ async def _api_error(_request, exc: ApiError):
 async def _validation_error(_request, exc: RequestValidationError):
     where = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
     return JSONResponse(ApiError(422, "bad_request", where).body(), status_code=422)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_request, exc: StarletteHTTPException):
+    """FastAPI's own answers (an unknown path, a method a path does not take) in the API's error shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(Exception)

@@ -59,7 +59,7 @@ class Limits:
         return asdict(self)
 
 
-def check_query_list(queries, text_queries: bool = True) -> list[str]:
+def check_query_list(queries) -> list[str]:
     """1 to 8 distinct, non-empty text queries of at most 200 characters, else a 422."""
     from clipsep_ray.separate import RESIDUAL, output_files
 
@@ -79,8 +79,6 @@ def check_query_list(queries, text_queries: bool = True) -> list[str]:
         raise ApiError(422, "repeated_query", f"repeated query in {out}")
     if RESIDUAL in out:
         raise ApiError(422, "reserved_query", f"'{RESIDUAL}' names the rest of the mixture: ask for the sound itself")
-    if not text_queries:
-        raise ApiError(422, "no_text_queries", "this model does not take text queries")
     try:
         output_files("", out, "wav")
     except ValueError as exc:

@@ -42,6 +42,15 @@ def pcm16_stems(stems) -> dict[str, np.ndarray]:
     return {name: to_pcm16(stem) for name, stem in stems.items()}
 
 
+def check_servable(sep, checkpoint: str) -> None:
+    """A ValueError for a model with fixed outputs (PIT): its stems are never the queries, so every
+    request would fail after the U-Net while /healthz said 200."""
+    fixed = sep.model.output_names()
+    if fixed is not None:
+        raise ValueError(f"{checkpoint} separates fixed sources ({', '.join(fixed)}), not queries: the service "
+                         "answers text queries; serve a CLIPSep checkpoint")
+
+
 def _timing(t0: float, t1: float) -> dict[str, float]:
     """The replica's part of a request in ms: the queries' embeddings (t0 -> t1), then the separation."""
     return {"queries": 1000 * (t1 - t0), "separate": 1000 * (time.perf_counter() - t1)}
@@ -71,6 +80,7 @@ class ClipSepModel:
 
         self.limits = Limits.from_args(limits or {})
         self.sep = Separator.from_checkpoint(checkpoint, device=replica_device(device, _reserved_gpus()))
+        check_servable(self.sep, checkpoint)
         self.checkpoint = checkpoint
         self.cache = ByteLRU(int(self.limits.cache_mb * 2**20))
         self.area = TempArea(temp_dir, int(self.limits.temp_mb * 2**20))  # separate-uri's local copies of outputs

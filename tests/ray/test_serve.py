@@ -95,6 +95,8 @@ def test_health_info_docs_and_page(server, tiny_checkpoint):
     assert {"batches", "items", "max_batch_items"} <= set(info["batching"])
     assert info["version"] and info["auth"] is False
     assert "/v1/separate" in client.get("/openapi.json").json()["paths"]
+    _error(client.get("/v1/separate"), 405, "method_not_allowed")  # FastAPI's own answers, in the API's shape
+    _error(client.post("/v1/nothing-here"), 404, "not_found")
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "<script" in page.text
@@ -480,3 +482,17 @@ def test_healthz_answers_from_a_fresh_probe_and_fails_once_the_model_does(tiny_c
     with pytest.raises(RuntimeError, match="non-finite"):
         asyncio.run(model.healthy())
     assert len(calls) == 2
+
+
+def test_a_model_with_fixed_outputs_is_refused_at_start(tmp_path):
+    """The model class itself (no Serve): a PIT checkpoint's stems are source_1..., never the
+    queries, so every request failed (a KeyError, 500, after the U-Net) while /healthz said 200."""
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.models.registry import build_model
+    from clipsep_ray.serve.model import ClipSepModel
+
+    cfg = load_config("tiny", ["model.arch=pit", "model.unet_width=4", "query.clip_pretrained="])
+    ckpt = save_checkpoint(str(tmp_path / "pit.pt"), build_model(cfg.model), cfg)
+    with pytest.raises(ValueError, match=r"pit.pt separates fixed sources \(source_1, source_2\), not queries"):
+        ClipSepModel(ckpt, device="cpu")

@@ -66,6 +66,23 @@ def test_bad_query_and_checkpoint_exit_2(tmp_path, ckpt, inputs, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_serve_refuses_a_checkpoint_it_cannot_serve_before_starting_ray(tmp_path, capsys):
+    """Checked before Ray starts (ray.is_initialized stays False): missing, corrupt, fixed outputs."""
+    import ray
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.registry import build_model
+
+    (tmp_path / "bad.pt").write_bytes(b"xx")
+    cfg = load_config("tiny", ["model.arch=pit", "model.unet_width=4", "query.clip_pretrained="])
+    pit = save_checkpoint(str(tmp_path / "pit.pt"), build_model(cfg.model), cfg)
+    for ckpt, said in ((tmp_path / "none.pt", "not found"), (tmp_path / "bad.pt", "not a readable checkpoint"),
+                       (pit, "separates fixed sources")):
+        assert main(["serve", "--checkpoint", str(ckpt)]) == 2
+        assert said in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("command", ["demo", "train", "evaluate", "ingest", "embed", "synth", "synth-clip"])
 def test_library_commands_take_leading_options(command, capsys):
     with pytest.raises(SystemExit) as e:
