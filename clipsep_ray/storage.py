@@ -77,11 +77,16 @@ def normalize_uri(uri: str) -> str:
 
 
 def url_to_fs(uri: str, endpoint: str | None = None):
-    """(fsspec filesystem, path inside it) for ``uri``, honouring the S3 endpoint override."""
+    """(fsspec filesystem, path inside it) for ``uri``, honouring the S3 endpoint override.
+
+    ``::`` is part of a name here, never an fsspec chain: ``fsspec.core.url_to_fs`` read an input
+    ``s3://b/in/10::30 talk.wav`` as the key ``in/10``, and put every output of such a name in one
+    object."""
     import fsspec
 
     uri = normalize_uri(uri)
-    return fsspec.core.url_to_fs(uri, **storage_options(uri, endpoint))
+    cls = fsspec.get_filesystem_class(_protocol(uri))
+    return cls(**{**cls._get_kwargs_from_urls(uri), **storage_options(uri, endpoint)}), cls._strip_protocol(uri)
 
 
 def filesystem(uri: str, endpoint: str | None = None):

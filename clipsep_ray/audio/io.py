@@ -132,8 +132,9 @@ class AudioReader:
             path = os.fspath(source)
             ext = os.path.splitext(path)[1].lower()
             if _is_uri(path):
-                import fsspec
-                fs, fpath = fsspec.core.url_to_fs(path)
+                from clipsep_ray.storage import url_to_fs
+
+                fs, fpath = url_to_fs(path)
                 if fs.size(fpath) == 0:
                     raise AudioDecodeError(self.name, "empty file")
                 self._file = target = fs.open(fpath, "rb")
@@ -485,8 +486,9 @@ class StreamingAudioWriter:
             self._sf.close()
             self._sf = None
             if commit and self._remote:
-                import fsspec
-                fs, path = fsspec.core.url_to_fs(self.dest)
+                from clipsep_ray.storage import url_to_fs
+
+                fs, path = url_to_fs(self.dest)
                 fs.put_file(self._tmp, path)
             elif commit:
                 os.replace(self._tmp, self._local)

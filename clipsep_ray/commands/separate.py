@@ -39,17 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     """(source, output name) for every media file; folders are walked recursively, in sorted order."""
-    import fsspec
-
     from clipsep_ray.audio.io import extension, is_media_file
-    from clipsep_ray.storage import slug
+    from clipsep_ray.storage import slug, url_to_fs
 
     def stem(name: str) -> str:  # "...wav" -> "..": the extension is what follows the last dot
         return name[: len(name) - len(extension(name))]
 
     found: list[tuple[str, str]] = []
     for item in inputs:
-        fs, path = fsspec.core.url_to_fs(item)
+        fs, path = url_to_fs(item)
         if fs.isdir(path):
             proto = item.split("://")[0] + "://" if "://" in item else ""
             for f in sorted(fs.find(path)):

@@ -65,6 +65,7 @@ def archive(tmp_path_factory):
     add("song.wav", _tone(16000, 1.0, seed=8), 16000)  # song.wav and song.flac: one name, both kept
     add("song.flac", _tone(24000, 1.0, seed=9), 24000)
     add("_tmp.wav", _tone(16000, 1.0, seed=12), 16000)  # the job's temporary folder's name: escaped
+    add("10::30 talk.wav", _tone(16000, 1.0, seed=13), 16000)  # "::": a name, not an fsspec chain
     add("e.mp3", _tone(44100, 1.5, seed=10), 44100, format="MP3")
     good["e.mp3"] = (44100, None)  # MP3: the decoder's length (encoder delay and padding) is what counts
     _encode_av(root / "f.m4a", "ipod", _tone(22050, 1.4, seed=11), 22050)
@@ -278,7 +279,8 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypat
     root, good, _ = archive
     bucket = s3_server.make_bucket(f"archive-{pipeline}")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server.endpoint})
-    for rel in ("a.wav", "sub/b song.flac", "clip.mp4"):
+    names = ("a.wav", "sub/b song.flac", "clip.mp4", "10::30 talk.wav")
+    for rel in names:
         fs.put_file(str(root / rel), f"{bucket}/in/{rel}")
     fs.put_file(checkpoint, f"{bucket}/model.pt")
     out = f"s3://{bucket}/out"
@@ -286,11 +288,13 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypat
     result = separate_archive(f"s3://{bucket}/model.pt", QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25,
                               cpus_per_actor=0.5, endpoint=s3_server.endpoint, pipeline=pipeline)
     monkeypatch.undo()
-    assert result["done"] == 3 and result["failed"] == 0 and result["pipeline"] == pipeline, result["failures"]
+    assert result["done"] == 4 and result["failed"] == 0 and result["pipeline"] == pipeline, result["failures"]
     rows = {r["relative_path"]: r for r in read_manifest(out)}
-    assert set(rows) == {"a.wav", "sub/b song.flac", "clip.mp4"}
+    assert set(rows) == set(names)
     wave, sr = load_audio(rows["sub/b song.flac"]["outputs"][0])
     assert sr == 44100 and len(wave) == good["sub/b song.flac"][1]
+    assert sorted(fs.ls(f"{bucket}/out/10::30 talk")) == [f"{bucket}/out/10::30 talk/{s}.flac" for s in sorted(STEMS)]
+    assert not fs.exists(f"{bucket}/out/10")  # every output of the name once went to this one key
     assert not [p for p in fs.find(f"{bucket}/out") if "/_tmp/" in p or p.rsplit("/", 1)[-1].startswith(".")]
     assert fs.exists(f"{bucket}/out/_manifest.csv")
 
