@@ -23,9 +23,14 @@ import torchaudio
 
 from clipsep_ray.storage import hidden_temp
 
-SUPPORTED_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
-SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi")
-_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
+# Every container this build's libsndfile or FFmpeg (PyAV) decodes the usual codecs of
+# (checked against av.formats_available and av.codecs_available).
+SUPPORTED_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".m4b", ".aac", ".aif",
+                              ".aiff", ".aifc", ".w64", ".au", ".snd", ".caf", ".wma", ".mka", ".amr", ".ac3",
+                              ".eac3", ".mp2", ".wv")
+SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".wmv", ".asf", ".mpg", ".mpeg",
+                              ".ts", ".mts", ".m2ts", ".vob", ".3gp", ".3g2", ".flv", ".ogv")
+_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".au", ".snd")
 _WRITE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"),
                   ".ogg": ("OGG", "VORBIS"), ".mp3": ("MP3", "MPEG_LAYER_III")}
 

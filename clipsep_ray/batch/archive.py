@@ -200,8 +200,11 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
         raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
     already = len(rows)
+    skipped = sum(ignored.values())
     log(f"[archive] {len(inputs)} inputs ({already} already done, {len(todo)} to separate"
-        + (f"; {ignored} file{'s' * (ignored != 1)} ignored: no audio/video extension" if ignored else "") + ")")
+        + (f"; {skipped} file{'s' * (skipped != 1)} ignored, not an audio or video extension it reads: "
+           + ", ".join(f"{ext} ({n})" for ext, n in sorted(ignored.items(), key=lambda kv: -kv[1])) if skipped else "")
+        + ")")
     run = {"separated": 0, "pipeline": None, "actors": 0, "peak_rss_mb": {s: 0.0 for s in stages.STAGES}}
     try:
         if todo:
@@ -215,7 +218,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     _remove_leftovers(output_uri, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
     return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
-            "already_done": already, "ignored": ignored, "failures": failures, "output_uri": output_uri,
+            "already_done": already, "ignored": skipped, "failures": failures, "output_uri": output_uri,
             "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
             "wall_s": round(time.time() - t0, 1), **run}
 

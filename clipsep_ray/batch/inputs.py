@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from dataclasses import dataclass
 
 from clipsep_ray import storage
@@ -50,8 +51,13 @@ def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str, int | Non
 
     data = storage.read_bytes(uri, endpoint)
     try:
-        table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else \
-            pacsv.read_csv(io.BytesIO(data))
+        if uri.lower().endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(data))
+        else:
+            table = pacsv.read_csv(io.BytesIO(data))
+            if "uri" not in table.column_names and table.num_columns and is_media_file(table.column_names[0]):
+                # no header line (`ls > list.csv`): the first "column name" is the first input
+                table = pacsv.read_csv(io.BytesIO(data), pacsv.ReadOptions(autogenerate_column_names=True))
     except Exception as exc:
         raise InputError(f"{uri}: not a readable list of URIs: {exc}") from None
     if table.num_columns == 0:
@@ -90,19 +96,18 @@ def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tupl
 
 
 def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | None = None
-                ) -> tuple[list[ArchiveInput], int]:
-    """(inputs in a stable order, number of files ignored for their extension)."""
+                ) -> tuple[list[ArchiveInput], dict[str, int]]:
+    """(inputs in a stable order, {extension: files} of those ignored for their extension)."""
     uri = storage.normalize_uri(input_uri)
     if output_uri and uri.rstrip("/") == storage.normalize_uri(output_uri).rstrip("/"):
         raise InputError(f"OUTPUT_URI is INPUT_URI ({input_uri}): give the outputs a folder of their own")
     try:
         if uri.lower().endswith(LIST_EXTENSIONS):
-            found = _from_list(uri, endpoint)
-            ignored = 0
+            found, ignored = _from_list(uri, endpoint), {}
         else:
             every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
             found = [f for f in every if is_media_file(f[1])]
-            ignored = len(every) - len(found)
+            ignored = dict(Counter(extension(rel) or "(none)" for _, rel, _ in every if not is_media_file(rel)))
     except PermissionError as exc:  # an s3 AccessDenied, a folder this user cannot read
         raise InputError(f"input {input_uri} cannot be listed: {exc}") from None
     bad = [rel for _, rel, _ in found if not is_media_file(rel)]

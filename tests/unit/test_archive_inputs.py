@@ -10,12 +10,18 @@ def test_a_folder_lists_sizes_and_the_largest_inputs_go_first(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x" * n)
     (tmp_path / "notes.txt").write_bytes(b"not an input")
+    (tmp_path / "b.txt").write_bytes(b"not an input")
+    (tmp_path / "README").write_bytes(b"not an input")
+    for rel in ("talk.wma", "tape.mpg", "cam.mts", "voice.amr", "old.caf"):  # containers FFmpeg decodes
+        (tmp_path / "more" / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / "more" / rel).write_bytes(b"x")
+        sizes["more/" + rel] = 1
 
     inputs, ignored = list_inputs(str(tmp_path))
-    assert ignored == 1
+    assert ignored == {".txt": 2, "(none)": 1}
     assert {i.relative_path: i.size for i in inputs} == sizes
     order = [i.relative_path for i in largest_first(inputs)]
-    assert order == ["sub/huge.flac", "mid.mp4", "tie_a.ogg", "tie_b.ogg", "small.wav"]  # ties keep listing order
+    assert order[:5] == ["sub/huge.flac", "mid.mp4", "tie_a.ogg", "tie_b.ogg", "small.wav"]  # ties keep listing order
 
 
 def test_a_list_of_uris_has_no_sizes_and_those_go_last_in_listing_order(tmp_path):
@@ -23,6 +29,8 @@ def test_a_list_of_uris_has_no_sizes_and_those_go_last_in_listing_order(tmp_path
     (tmp_path / "list.csv").write_text(f"uri\n{tmp_path / 'z.wav'}\n{tmp_path / 'a.wav'}\n")
     listed, _ = list_inputs(str(tmp_path / "list.csv"))
     assert [i.size for i in listed] == [None, None]
+    (tmp_path / "bare.csv").write_text(f"{tmp_path / 'z.wav'}\n{tmp_path / 'a.wav'}\n")  # `ls > list.csv`: no header
+    assert [i.uri for i in list_inputs(str(tmp_path / "bare.csv"))[0]] == [i.uri for i in listed]
     known = ArchiveInput("file:///big.wav", "big.wav", "big", size=1)
     order = largest_first([*listed, known])
     assert [i.relative_path for i in order] == ["big.wav", *[i.relative_path for i in listed]]
