@@ -170,12 +170,6 @@ def output_files(out_dir: str, names: Sequence[str], ext: str) -> dict[str, str]
     return files
 
 
-def _remove_if_empty(folder: str) -> None:
-    """A failed input must not leave an empty output folder behind (local folders only)."""
-    if "://" not in folder and os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
-
-
 class StemAssembler:
     """Writes the stems (resampled back to the input's rate) and the residual, the input minus
     the stems, in lockstep with the input, block by block: memory holds only what one side has
@@ -383,7 +377,7 @@ class Separator:
         set (from another thread), ends the work at the next block with ``Stopped``, nothing written.
         """
         from clipsep_ray.audio.io import (AudioReader, StreamingAudioWriter, StreamingResampler, TooLongError,
-                                          extension)
+                                          close_writers, extension)
 
         names, proj = projected or self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
@@ -421,13 +415,10 @@ class Separator:
                     stems.add_stems(up.push(chunk.numpy()))
                 stems.add_stems(up.flush())
                 stems.finish(source)
+                close_writers(writers.values(), commit=True)
             except BaseException:
-                for w in writers.values():
-                    w.close(commit=False)
-                _remove_if_empty(out_dir)
+                close_writers(writers.values(), commit=False, folder=out_dir)  # a failed input leaves no folder
                 raise
-            for w in writers.values():
-                w.close(commit=True)
             if info is not None:
                 info.update(sample_rate=sr, channels=reader.channels, samples=stems.taken)
         return files

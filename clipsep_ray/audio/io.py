@@ -502,11 +502,45 @@ class StreamingAudioWriter:
             if os.path.exists(self._tmp):
                 os.remove(self._tmp)
 
+    def unpublish(self) -> None:
+        """Remove ``dest`` after a commit (its input's other outputs could not be published)."""
+        if self._remote:
+            from clipsep_ray.storage import url_to_fs
+
+            fs, path = url_to_fs(self.dest)
+            if fs.exists(path):
+                fs.rm_file(path)
+        elif os.path.exists(self._local):
+            os.remove(self._local)
+
     def __enter__(self) -> "StreamingAudioWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(commit=exc_type is None)
+
+
+def close_writers(writers, commit: bool, folder: str | None = None) -> None:
+    """Close an input's output writers together. ``commit``: publish each under its final name;
+    when one cannot be (an S3 PUT refused, a folder in the file's place), the others are discarded
+    and those already published removed, so an input's outputs appear all together or not at all.
+    A ``folder`` (local) left empty by a failure is removed."""
+    writers, published = list(writers), []
+    try:
+        for w in writers:
+            w.close(commit=commit)
+            published.append(w)
+        if commit:
+            return
+    except BaseException:
+        for w in writers:
+            w.close(commit=False)  # closes (and drops the temporaries of) those not reached
+        for w in published if commit else ():
+            w.unpublish()
+        raise
+    finally:
+        if folder is not None and "://" not in folder and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
 
 
 def encode_audio(wave, sample_rate: int, format: str, subtype: str | None = None) -> bytes:

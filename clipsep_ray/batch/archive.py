@@ -95,8 +95,17 @@ def write_manifest(output_uri: str, rows: list[dict], endpoint=None) -> None:
     storage.write_bytes(storage.join_uri(output_uri, MANIFEST_CSV), buf.getvalue(), endpoint)
 
 
-def _is_done(row: dict | None, endpoint) -> bool:
-    return bool(row) and row["status"] == "done" and all(storage.exists(u, endpoint) for u in row["outputs"])
+def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, job: dict, endpoint) -> bool:
+    """A previous row stands for ``item`` only when it is done, for this very input (another archive
+    run into the same OUTPUT_URI may have had a file of the same relative path), and its outputs are
+    the ones this run would write (under this OUTPUT_URI: a copied output folder's rows name the
+    original's) and all exist."""
+    from clipsep_ray.separate import output_files
+
+    if not row or row["status"] != "done" or row["input"] != item.uri:
+        return False
+    expected = list(output_files(storage.join_uri(output_uri, item.out_dir), job["queries"], job["format"]).values())
+    return sorted(row["outputs"]) == sorted(expected) and all(storage.exists(u, endpoint) for u in expected)
 
 
 def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: list[str], projections, model_sr: int,
@@ -213,9 +222,9 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                             task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                             object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
                             env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
-    finally:  # also when the job fails or is interrupted: the inputs done so far are not done again
+    finally:  # also when the job fails or is interrupted: the inputs done so far are not done again,
         write_manifest(output_uri, list(rows.values()), endpoint)
-    _remove_leftovers(output_uri, endpoint)
+        _remove_leftovers(output_uri, endpoint)  # and no float copy of an input stays in _tmp/ until a re-run
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
     return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
             "already_done": already, "ignored": skipped, "failures": failures, "output_uri": output_uri,
@@ -248,7 +257,8 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
         log(f"[archive] removed {removed} temporary files of an interrupted run")
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
     storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
-    return {i.relative_path: old[i.relative_path] for i in inputs if _is_done(old.get(i.relative_path), endpoint)}
+    return {i.relative_path: old[i.relative_path] for i in inputs
+            if _is_done(old.get(i.relative_path), i, output_uri, job, endpoint)}
 
 
 def _clear_outputs(output_uri: str, inputs: list[ArchiveInput], endpoint) -> None:

@@ -182,7 +182,7 @@ class SeparateFile(_ModelActor):
 
 
 def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: str, block_seconds: float) -> dict:
-    from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
+    from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, close_writers
     from clipsep_ray.separate import StemAssembler, output_files
 
     files = output_files(storage.join_uri(output_uri, row["out_dir"]), names, fmt)
@@ -206,10 +206,8 @@ def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: 
                 out.add_stems(up.push(np.stack(rest)))
             out.add_stems(up.flush())
             out.finish(row["input"])
+            close_writers(writers.values(), commit=True)  # every output complete: publish them together
         except BaseException:
-            for w in writers.values():
-                w.close(commit=False)
+            close_writers(writers.values(), commit=False, folder=storage.join_uri(output_uri, row["out_dir"]))
             raise
-        for w in writers.values():  # every output complete: publish them under their final names
-            w.close(commit=True)
     return {**row, "outputs": json.dumps(list(files.values()))}

@@ -244,6 +244,7 @@ def test_overwrite_leaves_only_the_new_jobs_outputs(ray_local, checkpoint, archi
         raise KeyboardInterrupt("killed before any input was done")
 
     monkeypatch.setattr(job, "_separate", killed)
+    monkeypatch.setattr(job, "write_manifest", killed)  # a SIGKILL: not even the finally's manifest write
     with pytest.raises(KeyboardInterrupt):
         separate_archive(checkpoint, ["engine"], str(src), str(out), overwrite=True, **kw)
     monkeypatch.undo()

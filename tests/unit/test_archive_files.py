@@ -2,7 +2,9 @@
 and the staged pipeline drops each input's temporaries as soon as the input is finished."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,3 +105,31 @@ def test_the_same_queries_in_another_order_are_the_same_job_and_others_are_refus
     with pytest.raises(ArchiveError, match="--overwrite"):
         _check_job(str(out), {**old, "checkpoint_sha256": "cd34"}, False, None)
     assert _check_job(str(out), {**old, "queries": ["siren"]}, True, None) is None  # --overwrite: a new job
+
+
+def test_a_previous_row_counts_only_for_the_same_input_and_these_outputs(tmp_path):
+    """Two archives with a file of the same relative path run into one OUTPUT_URI, or an output
+    folder copied elsewhere: the old row must not pass for this run's input or outputs."""
+    from clipsep_ray.batch.archive import _resume, write_manifest
+    from clipsep_ray.batch.inputs import assign_output_dirs
+
+    job = {"checkpoint": "a.pt", "checkpoint_sha256": "ab12", "queries": ["dog"], "format": "flac"}
+
+    def run_into(out, src: str):
+        item = assign_output_dirs([(f"{tmp_path}/{src}/rec_001.wav", "rec_001.wav", None)])[0]
+        return _resume(str(out), job, [item], False, None, print)
+
+    out = tmp_path / "out"
+    (out / "rec_001").mkdir(parents=True)
+    for name in ("dog.flac", "residual.flac"):
+        (out / "rec_001" / name).write_bytes(b"x")
+    row = {"input": f"{tmp_path}/jan/rec_001.wav", "relative_path": "rec_001.wav", "status": "done", "error": "",
+           "duration_s": 1.0, "sample_rate": 8000, "channels": 1, "seconds": 0.1, "checkpoint": "a.pt",
+           "queries": ["dog"], "outputs": [f"{out}/rec_001/dog.flac", f"{out}/rec_001/residual.flac"]}
+    write_manifest(str(out), [row])
+    (out / "_job.json").write_text(json.dumps(job))
+    assert set(run_into(out, "jan")) == {"rec_001.wav"}  # the same input: done, skipped
+    assert run_into(out, "feb") == {}  # another archive's rec_001.wav: separated, not taken for done
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert run_into(copy, "jan") == {}  # its row names the original folder's outputs

@@ -448,3 +448,23 @@ def test_non_finite_samples_and_extreme_rates_are_refused(tmp_path):
             check_rate(bad)
     with pytest.raises(RateError):
         check_rates(655_350, 16000)
+
+
+def test_an_inputs_outputs_are_published_together_or_not_at_all(tmp_path):
+    """The second output cannot take its name (a folder is in the way): the first, already
+    published, is removed again, and no temporary file is left."""
+    from clipsep_ray.audio.io import StreamingAudioWriter, close_writers
+
+    out = tmp_path / "x"
+    (out / "residual.flac").mkdir(parents=True)
+    writers = [StreamingAudioWriter(str(out / name), 8000) for name in ("dog.flac", "residual.flac")]
+    for w in writers:
+        w.write(np.zeros(800, np.float32))
+    with pytest.raises(OSError):
+        close_writers(writers, commit=True)
+    assert sorted(p.name for p in out.iterdir()) == ["residual.flac"] and (out / "residual.flac").is_dir()
+    close_writers(writers, commit=False, folder=str(out))  # what a caller's clean-up does after: nothing left to do
+    (out / "residual.flac").rmdir()
+    w = StreamingAudioWriter(str(out / "dog.flac"), 8000)
+    close_writers([w], commit=False, folder=str(out))
+    assert not out.exists()  # a failed input leaves no empty folder
