@@ -32,7 +32,11 @@ SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", "
                               ".ts", ".mts", ".m2ts", ".vob", ".3gp", ".3g2", ".flv", ".ogv")
 _SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".au", ".snd")
 _WRITE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"),
-                  ".ogg": ("OGG", "VORBIS"), ".mp3": ("MP3", "MPEG_LAYER_III")}
+                  ".ogg": ("OGG", "VORBIS"), ".mp3": ("MP3", "MPEG_LAYER_III"), ".rf64": ("RF64", "PCM_16")}
+#: A WAV file's sizes are 32-bit: libsndfile writes them wrapped past 4 GiB, and readers then see
+#: the audio cut short (16-bit mono at 48 kHz: 12.4 hours). RF64 (``format="rf64"``) has no bound.
+WAV_MAX_BYTES = (1 << 32) - 1 - 4096
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
 class AudioDecodeError(ValueError):
@@ -479,10 +483,19 @@ class StreamingAudioWriter:
             if os.path.exists(self._tmp):
                 os.remove(self._tmp)
             raise
+        self._frame_bytes = int(channels) * _SAMPLE_BYTES.get(self._subtype, 8) if self._fmt == "WAV" else 0
+        self._bytes = 0
 
     def write(self, block) -> None:
         """Append ``(T,)`` (mono) or ``(C, T)`` samples."""
-        self._sf.write(_prepare(block, self._subtype))
+        data = _prepare(block, self._subtype)
+        if self._frame_bytes:
+            self._bytes += len(data) * self._frame_bytes
+            if self._bytes > WAV_MAX_BYTES:
+                raise ValueError(f"{self.dest}: a WAV file holds at most 4 GiB "
+                                 f"({WAV_MAX_BYTES / self._frame_bytes / self._sf.samplerate / 3600:.1f} hours of this "
+                                 "audio); write FLAC instead")
+        self._sf.write(data)
 
     def close(self, commit: bool = True) -> None:
         if self._sf is None:

@@ -105,7 +105,7 @@ def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float) -
     with AudioReader(row["input"]) as reader:
         down = StreamingResampler(reader.sample_rate, model_sr)
         n = 0
-        with StreamingAudioWriter(dest, model_sr, subtype="FLOAT") as w:
+        with StreamingAudioWriter(dest, model_sr, format="rf64", subtype="FLOAT") as w:  # WAV stops at 4 GiB
             for block in reader.blocks(int(block_seconds * reader.sample_rate)):
                 n += len(block)
                 w.write(down.push(block))
@@ -157,7 +157,7 @@ class Separate(_ModelActor):
         with contextlib.ExitStack() as stack:
             reader = stack.enter_context(AudioReader(source))
             writers = [stack.enter_context(StreamingAudioWriter(tmp_uri(self.output_uri, row["key"], f"stem{i}.wav"),
-                                                                sr, subtype="FLOAT"))
+                                                                sr, format="rf64", subtype="FLOAT"))
                        for i in range(len(self.names))]
             blocks = (torch.from_numpy(b) for b in reader.blocks(int(self.block_seconds * sr)))
             for chunk in separate_stream(self.sep.model, self.sep.frontend, blocks, self.proj,

@@ -468,3 +468,21 @@ def test_an_inputs_outputs_are_published_together_or_not_at_all(tmp_path):
     w = StreamingAudioWriter(str(out / "dog.flac"), 8000)
     close_writers([w], commit=False, folder=str(out))
     assert not out.exists()  # a failed input leaves no empty folder
+
+
+def test_a_wav_output_past_4_gib_is_refused_not_written_wrapped(tmp_path, monkeypatch):
+    """libsndfile writes a WAV's 32-bit sizes wrapped past 4 GiB (readers then see it cut short).
+    The bound is lowered here so the test writes kilobytes, not gigabytes; RF64 has none."""
+    from clipsep_ray.audio import io as aio
+
+    monkeypatch.setattr(aio, "WAV_MAX_BYTES", 3000)
+    w = aio.StreamingAudioWriter(str(tmp_path / "long.wav"), 8000)
+    w.write(np.zeros(1000, np.float32))  # 2,000 bytes of 16-bit samples
+    with pytest.raises(ValueError, match="long.wav: a WAV file holds at most 4 GiB"):
+        w.write(np.zeros(1000, np.float32))
+    w.close(commit=False)
+    with aio.StreamingAudioWriter(str(tmp_path / "t.wav"), 8000, format="rf64", subtype="FLOAT") as w:
+        for _ in range(3):
+            w.write(np.zeros(1000, np.float32))
+    assert sf.info(str(tmp_path / "t.wav")).format == "RF64" and sf.info(str(tmp_path / "t.wav")).frames == 3000
+    assert not list(tmp_path.glob(".*"))
