@@ -328,14 +328,13 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Con
 
     A YAML file may name a ``preset:`` to start from; its other keys override it.
     """
-    import fsspec
+    from clipsep_ray.storage import read_bytes
 
     if source in preset_names():
         text = resources.files("clipsep_ray.presets").joinpath(f"{source}.yaml").read_text()
     elif source.endswith((".yaml", ".yml")):
         try:
-            with fsspec.open(source, "r") as fh:
-                text = fh.read()
+            text = read_bytes(source).decode("utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
     else:

@@ -134,11 +134,10 @@ def prepare_world(out: str, store: str, *, split: str = "clean", clips: int = 36
 
 
 def _copy_checkpoint(uri: str, dest: str) -> None:
-    import fsspec
-
     from clipsep_ray.models.checkpoint import FILENAME
+    from clipsep_ray.storage import url_to_fs
 
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = url_to_fs(uri)
     if os.path.exists(dest):
         shutil.rmtree(dest)
     os.makedirs(dest)

@@ -71,6 +71,8 @@ def normalize_uri(uri: str) -> str:
     uri = os.fspath(uri)
     if "://" not in uri:
         return os.path.abspath(os.path.expanduser(uri))
+    scheme, rest = uri.split("://", 1)
+    uri = scheme.lower() + "://" + rest  # "S3://b/k", "FILE:///x": schemes are case-insensitive (RFC 3986)
     if uri.startswith("file://"):
         return os.path.abspath(uri[len("file://"):])
     return uri
@@ -159,14 +161,6 @@ def read_bytes(uri: str, endpoint: str | None = None) -> bytes:
 def exists(uri: str, endpoint: str | None = None) -> bool:
     fs, path = url_to_fs(uri, endpoint)
     return fs.exists(path)
-
-
-def open_text(uri: str, endpoint: str | None = None):
-    """A text file open for writing at ``uri`` (any fsspec URI, the S3 endpoint honoured)."""
-    import fsspec
-
-    uri = normalize_uri(uri)
-    return fsspec.open(uri, "w", **storage_options(uri, endpoint))
 
 
 def write_text(uri: str, text: str, endpoint: str | None = None) -> None:

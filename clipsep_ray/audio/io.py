@@ -9,6 +9,7 @@ and anything soundfile refuses goes through PyAV. Long files are read block by b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -547,13 +548,16 @@ def close_writers(writers, commit: bool, folder: str | None = None) -> None:
             return
     except BaseException:
         for w in writers:
-            w.close(commit=False)  # closes (and drops the temporaries of) those not reached
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                w.close(commit=False)  # closes (and drops the temporaries of) those not reached
         for w in published if commit else ():
-            w.unpublish()
+            with contextlib.suppress(Exception):
+                w.unpublish()
         raise
     finally:
-        if folder is not None and "://" not in folder and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
+        if folder is not None and "://" not in folder:
+            with contextlib.suppress(OSError):  # not empty (another input's folder inside), or gone
+                os.rmdir(folder)
 
 
 def encode_audio(wave, sample_rate: int, format: str, subtype: str | None = None) -> bytes:

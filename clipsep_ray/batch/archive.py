@@ -95,17 +95,18 @@ def write_manifest(output_uri: str, rows: list[dict], endpoint=None) -> None:
     storage.write_bytes(storage.join_uri(output_uri, MANIFEST_CSV), buf.getvalue(), endpoint)
 
 
-def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, job: dict, endpoint) -> bool:
+def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, endpoint) -> bool:
     """A previous row stands for ``item`` only when it is done, for this very input (another archive
-    run into the same OUTPUT_URI may have had a file of the same relative path), and its outputs are
-    the ones this run would write (under this OUTPUT_URI: a copied output folder's rows name the
-    original's) and all exist."""
-    from clipsep_ray.separate import output_files
+    run into the same OUTPUT_URI may have had a file of the same relative path), and its outputs all
+    exist under this OUTPUT_URI (a copied output folder's rows name the original's files). Compared as
+    paths inside their filesystems, so ``s3a://`` and ``s3://`` spellings are one object."""
+    def path(uri: str) -> str:
+        return storage.url_to_fs(uri, endpoint)[1]
 
-    if not row or row["status"] != "done" or row["input"] != item.uri:
+    if not row or row["status"] != "done" or not row["outputs"] or path(row["input"]) != path(item.uri):
         return False
-    expected = list(output_files(storage.join_uri(output_uri, item.out_dir), job["queries"], job["format"]).values())
-    return sorted(row["outputs"]) == sorted(expected) and all(storage.exists(u, endpoint) for u in expected)
+    root = path(output_uri).rstrip("/") + "/"
+    return all(path(u).startswith(root) and storage.exists(u, endpoint) for u in row["outputs"])
 
 
 def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: list[str], projections, model_sr: int,
@@ -222,14 +223,25 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                             task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                             object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
                             env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
-    finally:  # also when the job fails or is interrupted: the inputs done so far are not done again,
-        write_manifest(output_uri, list(rows.values()), endpoint)
-        _remove_leftovers(output_uri, endpoint)  # and no float copy of an input stays in _tmp/ until a re-run
+    except BaseException:  # failed or interrupted: record the inputs done so far all the same
+        try:
+            _finish(output_uri, rows, endpoint)
+        except Exception as exc:  # the job's own error (often the same storage fault) is the one to see
+            log(f"[archive] the manifest could not be written after the failure: {type(exc).__name__}: {exc}")
+        raise
+    _finish(output_uri, rows, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
     return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
             "already_done": already, "ignored": skipped, "failures": failures, "output_uri": output_uri,
             "audio_hours": round(sum(r["duration_s"] or 0 for r in rows.values()) / 3600, 4),
             "wall_s": round(time.time() - t0, 1), **run}
+
+
+def _finish(output_uri: str, rows: dict, endpoint) -> None:
+    """The manifest of every row so far, and no temporary file left (no float copy of an input in
+    ``_tmp/`` until a re-run; one a task still writes after an interruption goes at the next start)."""
+    write_manifest(output_uri, list(rows.values()), endpoint)
+    _remove_leftovers(output_uri, endpoint)
 
 
 def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
@@ -258,7 +270,7 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
     storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
     return {i.relative_path: old[i.relative_path] for i in inputs
-            if _is_done(old.get(i.relative_path), i, output_uri, job, endpoint)}
+            if _is_done(old.get(i.relative_path), i, output_uri, endpoint)}
 
 
 def _clear_outputs(output_uri: str, inputs: list[ArchiveInput], endpoint) -> None:

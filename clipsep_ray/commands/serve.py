@@ -69,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         application = build_app(app_args(args))
         # Here, before Ray starts: a checkpoint that is missing, corrupt or of a fixed-output model
-        # would otherwise fail in every replica, and serve.run would show their tracebacks.
-        check_servable(Separator.from_checkpoint(args.checkpoint, device="cpu"), args.checkpoint)
-    except ValueError as exc:
+        # would otherwise fail in every replica, and serve.run would show their tracebacks. Not with
+        # --address (or RAY_ADDRESS): a cluster's replicas may read paths this machine cannot.
+        if args.address is None and not os.environ.get("RAY_ADDRESS"):
+            check_servable(Separator.from_checkpoint(args.checkpoint, device="cpu"), args.checkpoint)
+    except (ValueError, OSError, ImportError) as exc:  # ImportError: gs:// or az:// without their library
         print(f"error: {exc}", file=sys.stderr)
         return 2
     init_ray(args.address)

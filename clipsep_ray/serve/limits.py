@@ -125,6 +125,11 @@ class TempArea:
         return folder
 
     def reserve(self, folder: str, n: int) -> None:
+        if self._held[folder] + n > self.max_bytes:  # more than the whole area: retrying cannot help
+            raise ApiError(413, "too_large_for_temp_area", f"this request needs {(self._held[folder] + n) / 2**20:.0f} "
+                                                           f"MB of temporary space; the server's area holds "
+                                                           f"{self.max_bytes / 2**20:.0f} MB: ask fewer queries or "
+                                                           "send shorter audio")
         if self.used + n > self.max_bytes:
             raise ApiError(503, "busy", "the server's temporary area is full: retry shortly", {"Retry-After": "5"})
         self._held[folder] += n

@@ -211,12 +211,12 @@ class ClipSepModel:
         folder = self.area.request_dir()
         try:
             projected = await self._in_thread(self._projected, queries)
-            self.area.reserve(folder, await self._in_thread(self._output_bytes, source, len(projected[0]) + 1))
+            reserved, seconds = await self._in_thread(self._output_bytes, source, len(projected[0]) + 1)
+            self.area.reserve(folder, reserved)
             hook = self._batched_hook(asyncio.get_running_loop())
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
             files = await self._in_thread(self.sep.separate_file, source, dest, projected[0], fmt, features=hook,
-                                          projected=projected, max_seconds=self.limits.max_seconds, temp_dir=folder,
-                                          stop=stop)
+                                          projected=projected, max_seconds=seconds, temp_dir=folder, stop=stop)
         except QueryError as exc:
             return {"error": str(exc)}
         except (AudioDecodeError, FileNotFoundError) as exc:
@@ -227,6 +227,9 @@ class ClipSepModel:
             return {"error": f"this server cannot reach {source.split('://')[0]}:// or "
                              f"{dest.split('://')[0]}:// storage: {exc}", "status": 422, "code": "bad_uri"}
         except TooLongError as exc:
+            if exc.max_seconds < self.limits.max_seconds:  # decoding passed what its header declared
+                return {"error": f"{source} holds more audio than its header declares: re-encode it", "status": 400,
+                        "code": "bad_input"}
             return {"error": str(exc), "status": 413, "code": "audio_too_long"}
         except PermissionError as exc:  # the store refused this service's credentials (S3 AccessDenied)
             return {"error": f"object storage refused access: {exc}", "status": 403, "code": "storage_access_denied"}
@@ -238,17 +241,21 @@ class ClipSepModel:
             self.area.remove(folder)
         return {"outputs": files}
 
-    def _output_bytes(self, source: str, outputs: int) -> int:
-        """Bytes of ``outputs`` 16-bit mono files as long as ``source`` (at most ``max_seconds``): the
-        length its header gives where decoding stops there, else ``max_seconds`` (an MP4 may declare
-        1 s and hold 10 minutes, which the writers would put in an area reserved for 1 s)."""
+    def _output_bytes(self, source: str, outputs: int) -> tuple[int, float]:
+        """(bytes of ``outputs`` 16-bit mono files as long as ``source``, the seconds decoding may
+        reach): its header's length where decoding stops there (libsndfile); a container's declared
+        length plus 5% and 1 s, as an MP4 may declare 1 s and hold 10 minutes, which the writers
+        would put in an area reserved for 1 s; ``max_seconds`` when it declares none."""
         from clipsep_ray.audio.io import AudioReader, TooLongError
 
         with AudioReader(source) as reader:
-            cap = int(self.limits.max_seconds * reader.sample_rate)
-            if reader.num_frames is not None and reader.num_frames > cap:
+            sr, n = reader.sample_rate, reader.num_frames
+            cap = int(self.limits.max_seconds * sr)
+            if n is not None and n > cap:
                 raise TooLongError(source, self.limits.max_seconds)
-            return outputs * (2 * (reader.num_frames if reader.exact_length else cap) + 4096)
+            frames = cap if n is None else n if reader.exact_length else min(cap, int(1.05 * n) + sr)
+            declared = n is not None and not reader.exact_length and frames < cap  # only then can decoding pass it
+            return outputs * (2 * frames + 4096), (frames / sr if declared else self.limits.max_seconds)
 
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:

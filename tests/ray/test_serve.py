@@ -325,7 +325,7 @@ def test_token_and_full_queue(server):
     assert busy.headers["retry-after"] and busy.json()["error"]["code"] == "busy"
 
 
-def test_separate_uri(server, s3_server, s3_bucket):
+def test_separate_uri(server, s3_server, s3_bucket, tmp_path):
     client, _ = server
     wave = _tone(16000, 3.0, seed=11)
     s3_server.client().put_object(Bucket=s3_bucket, Key="in/song.wav", Body=_wav(wave, 16000))
@@ -351,6 +351,17 @@ def test_separate_uri(server, s3_server, s3_bucket):
     _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav", "output": "local:///tmp/x",
                                                   "queries": ["dog"]}), 422, "bad_uri")
     _error(client.post("/v1/separate-uri", json={"input": 3}), 422, "bad_request")
+    from clipsep_ray.audio.io import load_audio
+    from clipsep_ray.synth.videos import write_mp4
+
+    # A container whose length is only declared (PyAV): its area is its declared length plus slack
+    write_mp4(tmp_path / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, _tone(16000, 2.0), 16000)
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/clip.mp4", Body=(tmp_path / "clip.mp4").read_bytes())
+    resp = client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/clip.mp4",
+                                                  "output": f"s3://{s3_bucket}/out/clip", "queries": ["dog"]})
+    assert resp.status_code == 200, resp.text
+    stem, sr = load_audio(resp.json()["outputs"]["dog"])
+    assert sr == 16000 and len(stem) == len(load_audio(str(tmp_path / "clip.mp4"))[0])
 
 
 def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_bucket, tiny_checkpoint, tmp_path):
@@ -364,7 +375,8 @@ def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_buck
     client, _ = server
     s3_server.client().put_object(Bucket=s3_bucket, Key="in/hour.wav", Body=_wav(_tone(8000, 3600.0, seed=12), 8000))
     serve.run(build_app({"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.25, "ingress_cpus": 0.1,
-                         "max_seconds": 7200, "temp_dir": str(tmp_path)}), name="long", route_prefix="/long")
+                         "max_seconds": 7200, "temp_dir": str(tmp_path), "temp_mb": 200}),
+              name="long", route_prefix="/long")
     try:
         job = {"input": f"s3://{s3_bucket}/in/hour.wav", "output": f"s3://{s3_bucket}/out/hour", "queries": ["dog"]}
         t0 = time.time()
@@ -383,6 +395,10 @@ def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_buck
         # the replica still answers: the stop ended one request, not the replica
         assert client.post("/long/v1/separate-uri", json={**job, "input": f"s3://{s3_bucket}/in/none.wav"}
                            ).status_code == 400
+        # 9 outputs of an hour at 8 kHz (494 MiB) can never fit the 200 MB area: a 413, not a 503 to retry for ever
+        msg = _error(client.post("/long/v1/separate-uri", json={**job, "queries": [f"q{i}" for i in range(8)]}),
+                     413, "too_large_for_temp_area")
+        assert "needs 494 MB of temporary space; the server's area holds 200 MB" in msg
     finally:
         serve.delete("long")
 

@@ -133,3 +133,18 @@ def test_a_previous_row_counts_only_for_the_same_input_and_these_outputs(tmp_pat
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     assert run_into(copy, "jan") == {}  # its row names the original folder's outputs
+    # outputs in another folder of this OUTPUT_URI (a colliding input added since renames the folder
+    # this run would pick): the recorded ones stand, nothing is separated twice
+    (out / "rec_001").rename(out / "rec_001~1a2b3c4d")
+    write_manifest(str(out), [{**row, "outputs": [u.replace("rec_001/", "rec_001~1a2b3c4d/") for u in row["outputs"]]}])
+    assert set(run_into(out, "jan")) == {"rec_001.wav"}
+
+
+def test_schemes_are_case_insensitive_and_double_colons_are_names(tmp_path):
+    """"FILE:///x" wrote under the current folder and "S3://b/k" into a bucket named "S3:" once the
+    filesystem came from the protocol; "::" is part of a local name, not an fsspec chain."""
+    assert storage.normalize_uri("S3://b/k") == "s3://b/k" and storage.url_to_fs("FILE:///x/y")[1] == "/x/y"
+    target = tmp_path / "10::30 talk" / "dog.flac"
+    storage.write_bytes(str(target), b"x")
+    assert target.read_bytes() == b"x" and storage.exists(f"file://{target}")
+    assert storage.read_bytes(f"FILE://{target}") == b"x"
