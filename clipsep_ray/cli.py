@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(name, rest)
     try:
         code = command(name).run(args)
+    except KeyboardInterrupt:  # Ctrl-C: what each command keeps on an interruption is its own (the archive's manifest)
+        print(f"interrupted: clipsep-ray {name} stopped", file=sys.stderr)
+        return 130
     except Exception as exc:  # the library's "bad input" errors are values with a message
         if not _is_usage_error(exc):
             raise

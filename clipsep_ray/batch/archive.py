@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import math
+import os
 import time
 from functools import partial
 from typing import Callable, Sequence
@@ -61,6 +62,11 @@ def _remove_leftovers(output_uri: str, endpoint) -> int:
         fs.rm_file(p)
     if fs.exists(f"{root.rstrip('/')}/{TMP}"):
         fs.rm(f"{root.rstrip('/')}/{TMP}", recursive=True)
+    if "://" not in storage.normalize_uri(output_uri):  # a local output folder a killed writer left empty
+        for folder in {os.path.dirname(p) for p in gone}:
+            while folder.startswith(root.rstrip("/") + "/") and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+                folder = os.path.dirname(folder)
     return len(gone)
 
 
@@ -223,11 +229,15 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                             task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                             object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
                             env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
-    except BaseException:  # failed or interrupted: record the inputs done so far all the same
+    except BaseException as failure:  # failed or interrupted: record the inputs done so far all the same
         try:
             _finish(output_uri, rows, endpoint)
         except Exception as exc:  # the job's own error (often the same storage fault) is the one to see
             log(f"[archive] the manifest could not be written after the failure: {type(exc).__name__}: {exc}")
+        else:
+            log(f"[archive] {'interrupted' if isinstance(failure, KeyboardInterrupt) else 'stopped'}: "
+                f"{sum(r['status'] == 'done' for r in rows.values())} of {len(inputs)} inputs done and recorded; "
+                "the same command finishes the rest")
         raise
     _finish(output_uri, rows, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]

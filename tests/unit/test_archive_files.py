@@ -27,11 +27,14 @@ def test_writes_killed_before_their_rename_leave_temporaries_the_clean_up_remove
     _killed(f"from clipsep_ray import storage; storage.write_bytes({str(out / '_manifest.csv')!r}, b'x')")
     _killed("import numpy as np; from clipsep_ray.audio.io import StreamingAudioWriter\n"
             f"w = StreamingAudioWriter({str(out / 'a' / 'dog.flac')!r}, 8000); w.write(np.zeros(800)); w.close()")
+    _killed("import numpy as np; from clipsep_ray.audio.io import StreamingAudioWriter\n"
+            f"w = StreamingAudioWriter({str(out / 'b' / 'c' / 'dog.flac')!r}, 8000); w.write(np.zeros(800)); w.close()")
     temps = [p.name for p in out.rglob("*") if p.is_file()]
-    assert len(temps) == 2 and all(storage.TEMP_NAME.match(t) for t in temps), temps
+    assert len(temps) == 3 and all(storage.TEMP_NAME.match(t) for t in temps), temps
     (out / "a" / "residual.flac").write_bytes(b"a finished output")
     (out / ".DS_Store").write_bytes(b"not ours")
-    assert _remove_leftovers(str(out), None) == 2
+    assert _remove_leftovers(str(out), None) == 3
+    # the folders that held only a killed writer's temporary go too (b/c, then b)
     assert sorted(os.listdir(out)) == [".DS_Store", "a"] and os.listdir(out / "a") == ["residual.flac"]
 
 

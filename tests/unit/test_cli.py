@@ -126,3 +126,14 @@ def test_no_input_vanishes_lossless_by_default_and_no_empty_folder_on_failure(tm
                "--no-progress"])
     assert rc == 1 and "half.flac" in capsys.readouterr().err
     assert not (tmp_path / "o2" / "half").exists()
+
+
+def test_ctrl_c_is_exit_130_with_a_line_not_a_traceback(monkeypatch, capsys):
+    from clipsep_ray.commands import separate_archive
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(separate_archive, "run", interrupted)
+    assert main(["separate-archive", "in", "out", "--checkpoint", "m.pt", "--query", "dog"]) == 130
+    assert capsys.readouterr().err == "interrupted: clipsep-ray separate-archive stopped\n"
