@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def app_args(args: argparse.Namespace) -> dict:
     """The ``build_app`` args for these options (the token travels in the environment)."""
-    return {"checkpoint": args.checkpoint, "device": args.device, "replicas": args.replicas,
+    from clipsep_ray.storage import normalize_uri
+
+    # absolute: a replica's working folder need not be this shell's
+    return {"checkpoint": normalize_uri(args.checkpoint), "device": args.device, "replicas": args.replicas,
             "max_replicas": args.max_replicas, "ingress_replicas": args.ingress_replicas,
             "max_batch_size": args.max_batch_size,
             "batch_wait_s": args.batch_wait_s, "max_upload_mb": args.max_upload_mb, "max_seconds": args.max_seconds,

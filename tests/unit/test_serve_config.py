@@ -58,6 +58,8 @@ def test_the_http_side_scales_apart_from_the_model():
     assert ingress.name == "ClipSepIngress" and ingress.num_replicas == 3
     model = ingress.init_args[0]._bound_deployment  # the model application the ingress is bound to
     assert model.name == "ClipSepModel" and model.num_replicas == 2
+    assert args["checkpoint"] == os.path.abspath("x")  # a replica's working folder need not be the shell's
+    assert app_args(p.parse_args(["--checkpoint", "s3://b/m.pt"]))["checkpoint"] == "s3://b/m.pt"
 
 
 def test_auto_takes_a_gpu_only_when_the_replica_reserved_one_and_temp_dir_reaches_the_model():
