@@ -325,7 +325,13 @@ class Separator:
         """
         from clipsep_ray.audio.io import resample
 
-        wave = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
+        arr = waveform.detach().cpu().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
+        if np.issubdtype(arr.dtype, np.integer):  # PCM samples (16-bit from a WAV): scaled as a file reads them
+            info = np.iinfo(arr.dtype)
+            arr = (arr.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+        wave = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+        if wave.dim() == 2 and wave.shape[0] > wave.shape[1]:  # what sf.read returns; averaging it gave 2 samples
+            raise ValueError(f"waveform of shape {tuple(wave.shape)} looks like (T, C): pass (C, T), e.g. wave.T")
         if wave.dim() == 2:
             wave = wave.mean(dim=0)
         if wave.dim() != 1 or wave.numel() == 0:

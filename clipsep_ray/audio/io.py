@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import os
 import re
@@ -31,7 +32,9 @@ SUPPORTED_AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", 
                               ".eac3", ".mp2", ".wv")
 SUPPORTED_VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".wmv", ".asf", ".mpg", ".mpeg",
                               ".ts", ".mts", ".m2ts", ".vob", ".3gp", ".3g2", ".flv", ".ogv")
-_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".au", ".snd")
+# Not .mp3: libsndfile stops at the length an MP3's Xing header declares, so two joined MP3s decoded
+# as the first one (FFmpeg decodes every frame).
+_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".aifc", ".w64", ".au", ".snd")
 _WRITE_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"),
                   ".ogg": ("OGG", "VORBIS"), ".mp3": ("MP3", "MPEG_LAYER_III"), ".rf64": ("RF64", "PCM_16")}
 #: A WAV file's sizes are 32-bit: libsndfile writes them wrapped past 4 GiB, and readers then see
@@ -180,9 +183,19 @@ class AudioReader:
             raise AudioDecodeError(self.name, f"corrupt or unsupported: {reason}") from e
         if not self._av.streams.audio:
             raise AudioDecodeError(self.name, "no audio stream")
-        self._stream = self._av.streams.audio[0]
+        # The track marked default, else the first: a film's first track may be a silent commentary.
+        self._stream = next((st for st in self._av.streams.audio if st.disposition & av.stream.Disposition.default),
+                            self._av.streams.audio[0])
         cc = self._stream.codec_context
-        self.sample_rate, self.channels = int(cc.sample_rate), int(cc.channels)
+        # The rate of the first decoded frame, not only the container's: its probe may have read a
+        # later segment of joined ones, and HE-AAC decodes at twice the rate it is stored at.
+        self._frames = self._av.decode(self._stream)
+        try:
+            self._first = next(self._frames, None)
+        except av.FFmpegError as e:
+            raise AudioDecodeError(self.name, f"corrupt or unsupported: {e}") from e
+        self.sample_rate = int(self._first.sample_rate if self._first is not None else cc.sample_rate)
+        self.channels = int(cc.channels)
         if not self.sample_rate:
             raise AudioDecodeError(self.name, "corrupt or unsupported: audio stream has no sample rate")
         self.num_frames, self.exact_length = None, False
@@ -202,8 +215,16 @@ class AudioReader:
                 yield _to_mono_float(data)
             return
         import av
+        done = 0
+        frames = self._frames if self._first is None else itertools.chain([self._first], self._frames)
+        self._first = None
         try:
-            for frame in self._av.decode(self._stream):
+            for frame in frames:
+                if frame.sample_rate != self.sample_rate:  # joined segments (broadcast .ts, ad inserts)
+                    raise AudioDecodeError(self.name, f"the audio changes sample rate at {done / self.sample_rate:.3f} "
+                                                      f"s ({self.sample_rate} -> {frame.sample_rate} Hz): re-encode it "
+                                                      "at one rate")
+                done += frame.samples
                 arr = frame.to_ndarray()
                 nch = len(frame.layout.channels)
                 # packed formats come as (1, samples * channels), planar as (channels, samples)
@@ -433,8 +454,9 @@ def _format_for(dest: str, format: str | None, subtype: str | None) -> tuple[str
 def to_pcm16(wave) -> np.ndarray:
     """Float audio in [-1, 1] (clipped beyond) -> int16 PCM, as the 16-bit subtypes store it.
     numpy's rounding is about 3x faster than libsndfile's float conversion, which matters when
-    one input becomes many stems."""
-    return np.rint(np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+    one input becomes many stems. Scaled by 32768, the inverse of how a 16-bit file reads (v / 32768):
+    libsndfile's own x 32767 moved a full-scale input by a step on the way through (32767 -> 32766)."""
+    return np.clip(np.rint(np.asarray(wave, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def _prepare(wave, subtype: str) -> np.ndarray:
@@ -445,7 +467,7 @@ def _prepare(wave, subtype: str) -> np.ndarray:
         raise ValueError(f"audio must be (T,) or (C, T), got shape {arr.shape}")
     arr = arr if arr.ndim == 1 else arr.T
     if arr.dtype == np.int16:
-        return arr if subtype == "PCM_16" else arr.astype(np.float32) / 32767.0
+        return arr if subtype == "PCM_16" else arr.astype(np.float32) / 32768.0
     arr = arr.astype(np.float32, copy=False)
     if subtype in ("FLOAT", "DOUBLE"):
         return arr

@@ -423,7 +423,10 @@ def test_int16_pcm_encodes_to_the_same_bytes_as_the_float_audio_it_came_from(fmt
 
     wave = (np.random.default_rng(1).standard_normal(1600) * 0.5).astype(np.float32)  # some samples clip
     pcm = to_pcm16(wave)
-    assert pcm.dtype == np.int16 and pcm.max() == 32767
+    assert pcm.dtype == np.int16 and pcm.max() == 32767 and pcm.min() == -32768
+    # a 16-bit file read (v / 32768) and written again is the same samples, full scale included
+    ints = np.array([-32768, -30000, -1, 0, 1, 30000, 32767], np.int16)
+    np.testing.assert_array_equal(to_pcm16(ints.astype(np.float32) / 32768), ints)
     assert encode_audio(pcm, 16000, fmt) == encode_audio(wave, 16000, fmt)
     # Into a lossy float codec the PCM is scaled back to [-1, 1] (Vorbis overshoots a little), not
     # written as sample counts.
@@ -486,3 +489,46 @@ def test_a_wav_output_past_4_gib_is_refused_not_written_wrapped(tmp_path, monkey
             w.write(np.zeros(1000, np.float32))
     assert sf.info(str(tmp_path / "t.wav")).format == "RF64" and sf.info(str(tmp_path / "t.wav")).frames == 3000
     assert not list(tmp_path.glob(".*"))
+
+
+def _encode_raw(path, container: str, codec: str, rate: int, seconds: float, tracks=((0.5, True),)):
+    """A file of ``codec`` tones at ``rate`` (one stream per (amplitude, default) in ``tracks``)."""
+    import av
+
+    n = int(rate * seconds)
+    with av.open(str(path), "w", format=container) as c:
+        streams = []
+        for amp, default in tracks:
+            st = c.add_stream(codec, rate=rate, layout="mono")
+            st.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
+            streams.append((st, amp))
+        for st, amp in streams:
+            x = (amp * 32767 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(x, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, 0
+            for pkt in [*st.encode(frame), *st.encode(None)]:
+                c.mux(pkt)
+
+
+def test_joined_segments_at_two_rates_are_refused_and_joined_mp3s_decode_whole(tmp_path):
+    """Bytes of two AC3 files at 48 and 44.1 kHz joined (as in broadcast captures): the second
+    half was decoded at the first's rate, 9% fast, with no error. Two MP3s joined: libsndfile
+    stopped at the first one's declared length."""
+    _encode_raw(tmp_path / "a.ac3", "ac3", "ac3", 48000, 1.0)
+    _encode_raw(tmp_path / "b.ac3", "ac3", "ac3", 44100, 1.0)
+    (tmp_path / "ab.ac3").write_bytes((tmp_path / "a.ac3").read_bytes() + (tmp_path / "b.ac3").read_bytes())
+    with AudioReader(tmp_path / "ab.ac3") as reader, \
+            pytest.raises(AudioDecodeError, match=r"changes sample rate at 1\.\d+ s \(48000 -> 44100 Hz\)"):
+        reader.read()
+    one = tmp_path / "one.mp3"
+    sf.write(str(one), tone(440, 22050, 1.0), 22050, format="MP3")
+    (tmp_path / "two.mp3").write_bytes(one.read_bytes() * 2)
+    single, joined = load_audio(one)[0], load_audio(tmp_path / "two.mp3")[0]
+    # both halves (the second keeps its encoder delay: FFmpeg strips gapless padding of the first only)
+    assert 2 * len(single) <= len(joined) < 2 * len(single) + 0.15 * 22050
+
+
+def test_the_default_audio_track_is_read_not_merely_the_first(tmp_path):
+    _encode_raw(tmp_path / "film.mkv", "matroska", "flac", 16000, 0.5, tracks=((0.0, False), (0.5, True)))
+    wave, _ = load_audio(tmp_path / "film.mkv")
+    assert np.sqrt(np.mean(wave ** 2)) > 0.3  # the tone, not the silent first track

@@ -121,6 +121,18 @@ def test_bad_inputs_are_named(tiny_cfg, tiny_model):
         sep.separate(np.zeros(0, np.float32), 8000, ["dog"])
     with pytest.raises(ValueError, match="NaN"):
         sep.separate(np.full(100, np.nan, np.float32), 8000, ["dog"])
+    with pytest.raises(ValueError, match=r"shape \(1000, 2\) looks like \(T, C\)"):  # sf.read's layout
+        sep.separate(np.zeros((1000, 2), np.float32), 8000, ["dog"])
+
+
+def test_integer_pcm_is_scaled_as_a_file_reads_it(tiny_cfg, tiny_model):
+    sep = Separator(tiny_model, tiny_cfg)
+    pcm = (np.random.default_rng(3).standard_normal(8000) * 3000).astype(np.int16)
+    as_int = sep.separate(pcm, 8000, ["dog"])
+    as_float = sep.separate(pcm.astype(np.float32) / 32768, 8000, ["dog"])
+    for name in as_float:
+        np.testing.assert_allclose(as_int[name], as_float[name], atol=1e-6)
+    assert np.abs(as_int["residual"]).max() < 1.0  # not samples of +-3000
 
 
 def test_embeddings_and_images_as_queries(tiny_cfg, tiny_model):
