@@ -56,7 +56,10 @@ def extension(path) -> str:
 
     Unlike ``os.path.splitext`` a name of leading dots keeps its extension: ``...wav`` -> ``.wav``.
     """
-    base = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    path = str(path)
+    if path.lower().startswith(("http://", "https://")):  # a (presigned) URL: its query string is no extension
+        path = path.split("?", 1)[0].split("#", 1)[0]
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
     return "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
 
 
@@ -143,7 +146,7 @@ class AudioReader:
             target, ext = io.BytesIO(bytes(source)), ""
         else:
             path = os.fspath(source)
-            ext = os.path.splitext(path)[1].lower()
+            ext = extension(path)
             if _is_uri(path):
                 from clipsep_ray.storage import url_to_fs
 

@@ -268,6 +268,31 @@ def test_list_of_uris(ray_local, checkpoint, archive, tmp_path):
     assert {r["input"] for r in read_manifest(str(tmp_path / "out"))} == {str(root / "a.wav"), str(root / "d.ogg")}
 
 
+def test_a_list_of_presigned_urls(ray_local, s3_server, checkpoint, archive, tmp_path):
+    """A headerless CSV of presigned S3 GET URLs: the query string names no extension and no output
+    folder (the list was refused as "no audio or video extension")."""
+    from clipsep_ray.batch.archive import read_manifest, separate_archive
+
+    root, good, _ = archive
+    bucket = s3_server.make_bucket("presigned")
+    client = s3_server.client()
+    urls = []
+    for rel in ("a.wav", "sub/b song.flac"):
+        client.put_object(Bucket=bucket, Key=f"in/{rel}", Body=(root / rel).read_bytes())
+        urls.append(client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": f"in/{rel}"},
+                                                  ExpiresIn=600))
+    assert all("X-Amz-Signature=" in u or "Signature=" in u for u in urls)
+    (tmp_path / "list.csv").write_text("\n".join(urls) + "\n")
+    out = tmp_path / "out"
+    result = separate_archive(checkpoint, QUERIES, str(tmp_path / "list.csv"), str(out), cpus_per_actor=0.5)
+    assert result["done"] == 2, result["failures"]
+    rows = {r["relative_path"]: r for r in read_manifest(str(out))}
+    host = urls[0].split("://", 1)[1].split("/", 1)[0]
+    assert set(rows) == {f"{host}/{bucket}/in/a.wav", f"{host}/{bucket}/in/sub/b song.flac"}  # %20 decoded
+    wave, sr = load_audio(rows[f"{host}/{bucket}/in/a.wav"]["outputs"][0])
+    assert sr == good["a.wav"][0] and len(wave) == good["a.wav"][1]
+
+
 @pytest.mark.parametrize("pipeline", ["staged", "fused"])
 def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypatch):
     """Input, output and checkpoint on S3, the endpoint given as --endpoint-url only: this process's
