@@ -115,6 +115,26 @@ def _ffmpeg_reason(e: Exception) -> str:
     return f"{getattr(e, 'strerror', None) or e} (ffmpeg)"
 
 
+def _ogg_is_chained(target) -> bool:
+    """True when the last Ogg page belongs to another logical stream than the first: libsndfile
+    decodes the first link of a chained file (a radio recording, ``cat a.ogg b.ogg``) and stops,
+    silently. Reads the first page header and the file's last 64 KB."""
+    fh = open(target, "rb") if isinstance(target, (str, os.PathLike)) else target
+    try:
+        pos = fh.tell()
+        fh.seek(0)
+        head = fh.read(18)
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 65536))
+        tail = fh.read()
+        fh.seek(pos)
+    finally:
+        if fh is not target:
+            fh.close()
+    i = tail.rfind(b"OggS")
+    return head[:4] == b"OggS" and 0 <= i <= len(tail) - 18 and tail[i + 14:i + 18] != head[14:18]
+
+
 def _soundfile_reason(e: Exception) -> str:
     """libsndfile's reason, without the "Error opening '<path>': " that soundfile puts before it.
     For bytes it cannot parse as the format its extension names (random bytes as ``.mp3``), it
@@ -170,6 +190,9 @@ class AudioReader:
             try:
                 self._sf = sf.SoundFile(target)
                 _check_complete(self.name, self._sf)
+                if self._sf.format == "OGG" and _ogg_is_chained(target):
+                    raise AudioDecodeError(self.name, "a chained Ogg file (streams one after another): only the "
+                                                      "first would be decoded; re-encode it as one stream")
                 self.sample_rate, self.channels = self._sf.samplerate, self._sf.channels
                 self.num_frames = self._sf.frames if self._sf.frames > 0 else None
                 self.exact_length = self.num_frames is not None  # libsndfile reads no further

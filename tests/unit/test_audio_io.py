@@ -532,3 +532,16 @@ def test_the_default_audio_track_is_read_not_merely_the_first(tmp_path):
     _encode_raw(tmp_path / "film.mkv", "matroska", "flac", 16000, 0.5, tracks=((0.0, False), (0.5, True)))
     wave, _ = load_audio(tmp_path / "film.mkv")
     assert np.sqrt(np.mean(wave ** 2)) > 0.3  # the tone, not the silent first track
+
+
+def test_a_chained_ogg_is_refused_not_cut_to_its_first_link(tmp_path):
+    """``cat a.ogg b.ogg`` (a radio recording): libsndfile decoded the first link and stopped."""
+    one = tmp_path / "one.ogg"
+    sf.write(str(one), tone(440, 16000, 1.0), 16000, format="OGG")
+    assert len(load_audio(one)[0]) == 16000  # a plain Ogg file reads whole
+    sf.write(str(tmp_path / "two.ogg"), tone(660, 16000, 1.0), 16000, format="OGG")
+    chained = one.read_bytes() + (tmp_path / "two.ogg").read_bytes()
+    (tmp_path / "chain.ogg").write_bytes(chained)
+    for source in (tmp_path / "chain.ogg", chained):  # a path, and an upload's bytes (no extension)
+        with pytest.raises(AudioDecodeError, match="a chained Ogg file"):
+            AudioReader(source)
