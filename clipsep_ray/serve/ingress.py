@@ -287,7 +287,7 @@ class ClipSepIngress:
         self.model_error(result)
         return {"outputs": result["outputs"]}
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers' and monitors' probes
     async def healthz(self):
         """200 only when a model replica separates a probe signal."""
         try:
@@ -306,7 +306,7 @@ class ClipSepIngress:
         return {**model, "version": _version(), "limits": self.limits.as_dict(), "auth": self.token is not None}
 
     # -- the web page ----------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index(self):
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 

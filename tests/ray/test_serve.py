@@ -96,6 +96,9 @@ def test_health_info_docs_and_page(server, tiny_checkpoint):
     assert info["version"] and info["auth"] is False
     assert "/v1/separate" in client.get("/openapi.json").json()["paths"]
     _error(client.get("/v1/separate"), 405, "method_not_allowed")  # FastAPI's own answers, in the API's shape
+    for path in ("/healthz", "/"):  # monitors probe with HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b""
     _error(client.post("/v1/nothing-here"), 404, "not_found")
     assert client.get("/docs").status_code == 200
     page = client.get("/")
