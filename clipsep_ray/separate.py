@@ -323,13 +323,10 @@ class Separator:
         Multichannel input is averaged to mono (the model is mono). ``features`` replaces the
         U-Net pass (:data:`FeaturesFn`).
         """
-        from clipsep_ray.audio.io import resample
+        from clipsep_ray.audio.io import pcm_to_float, resample
 
         arr = waveform.detach().cpu().numpy() if isinstance(waveform, Tensor) else np.asarray(waveform)
-        if np.issubdtype(arr.dtype, np.integer):  # PCM samples (16-bit from a WAV): scaled as a file reads them
-            info = np.iinfo(arr.dtype)
-            arr = (arr.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
-        wave = torch.as_tensor(np.asarray(arr, dtype=np.float32))
+        wave = torch.as_tensor(np.asarray(pcm_to_float(arr), dtype=np.float32))  # PCM scaled as a file reads it
         if wave.dim() == 2 and wave.shape[0] > wave.shape[1]:  # what sf.read returns; averaging it gave 2 samples
             raise ValueError(f"waveform of shape {tuple(wave.shape)} looks like (T, C): pass (C, T), e.g. wave.T")
         if wave.dim() == 2:

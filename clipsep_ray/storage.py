@@ -78,6 +78,14 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
+def without_query(uri: str) -> str:
+    """An http(s) URL without its query string and fragment (a presigned URL's signature names no
+    file); any other URI as it is (``?`` and ``#`` may be part of an object's name)."""
+    if uri.lower().startswith(("http://", "https://")):
+        return uri.split("?", 1)[0].split("#", 1)[0]
+    return uri
+
+
 def url_to_fs(uri: str, endpoint: str | None = None):
     """(fsspec filesystem, path inside it) for ``uri``, honouring the S3 endpoint override.
 

@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from clipsep_ray.storage import hidden_temp
+from clipsep_ray.storage import hidden_temp, without_query
 
 # Every container this build's libsndfile or FFmpeg (PyAV) decodes the usual codecs of
 # (checked against av.formats_available and av.codecs_available).
@@ -56,10 +56,7 @@ def extension(path) -> str:
 
     Unlike ``os.path.splitext`` a name of leading dots keeps its extension: ``...wav`` -> ``.wav``.
     """
-    path = str(path)
-    if path.lower().startswith(("http://", "https://")):  # a (presigned) URL: its query string is no extension
-        path = path.split("?", 1)[0].split("#", 1)[0]
-    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    base = without_query(str(path)).replace("\\", "/").rsplit("/", 1)[-1]
     return "." + base.rsplit(".", 1)[1].lower() if "." in base else ""
 
 
@@ -79,11 +76,18 @@ def _describe(source) -> str:
     return repr(os.fspath(source))
 
 
+def pcm_to_float(data: np.ndarray) -> np.ndarray:
+    """Integer PCM (signed, or unsigned with its offset) scaled to [-1, 1) as a file reads it
+    (16-bit: v / 32768); any other dtype as it is."""
+    if not np.issubdtype(data.dtype, np.integer):
+        return data
+    info = np.iinfo(data.dtype)
+    return (data.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+
+
 def _to_mono_float(data: np.ndarray) -> np.ndarray:
     """(T, C) any dtype -> (T,) float32, integer PCM scaled to [-1, 1]."""
-    if np.issubdtype(data.dtype, np.integer):
-        info = np.iinfo(data.dtype)
-        data = (data.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    data = pcm_to_float(data)
     if data.shape[1] == 1:
         return np.ascontiguousarray(data[:, 0], dtype=np.float32)
     # Channel by channel in float64: numpy's ``mean(axis=1)`` over 2 columns is a strided

@@ -136,8 +136,8 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: 
     pool = {"batch_size": 1, "num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor,
             "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors), initial_size=max(1, actors)),
             **actor_env}
-    model = {"checkpoint": checkpoint, "sha256": sha256, "names": names, "projections": projections, "output_uri": output_uri,
-             "device": device, "block_seconds": block_seconds}
+    model = {"checkpoint": checkpoint, "sha256": sha256, "names": names, "projections": projections,
+             "output_uri": output_uri, "device": device, "block_seconds": block_seconds}
     if mode == "fused":
         return _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
@@ -208,10 +208,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     try:
         rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
-    except (PermissionError, FileExistsError, NotADirectoryError) as exc:  # an S3 AccessDenied; a file in the way
-        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
-    except OSError as exc:
-        if exc.errno != errno.EROFS:  # a read-only file system
+    except OSError as exc:  # an S3 AccessDenied, a file in the way, a read-only file system: not this job's fault
+        if not isinstance(exc, (PermissionError, FileExistsError, NotADirectoryError)) and exc.errno != errno.EROFS:
             raise
         raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
     todo = largest_first([i for i in inputs if i.relative_path not in rows])

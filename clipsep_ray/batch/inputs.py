@@ -70,8 +70,9 @@ def _from_list(uri: str, endpoint: str | None) -> list[tuple[str, str, int | Non
             raise InputError(f"{uri}: row {i + 1} has an empty {column!r}")
         u = storage.normalize_uri(str(u))
         # what names its outputs and row: a URL's host and path (decoded), without a presigned URL's query
-        rel = (unquote(u.split("?", 1)[0].split("#", 1)[0]) if u.lower().startswith(("http://", "https://")) else u
-               ).split("://", 1)[-1].lstrip("/")
+        name = storage.without_query(u)
+        name = unquote(name) if name.lower().startswith(("http://", "https://")) else name
+        rel = name.split("://", 1)[-1].lstrip("/")
         out.append((u, rel, None))
     seen: dict[str, str] = {}
     for u, rel, _ in out:  # s3://b/x.wav and s3a://b/x.wav: one object, and one row and folder in the outputs
