@@ -7,6 +7,8 @@ inside every checkpoint, so a checkpoint can rebuild its own model.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -230,40 +232,76 @@ class Config:
             node[parts[-1]] = value
         return Config.from_dict(data)
 
+    def check_section(self, section: str) -> None:
+        """Check one section's numeric ranges (``INTERVALS``) and precision: what a loaded
+        checkpoint's overridden ``inference`` section needs, without the rest of ``validate``."""
+        for dotted, interval in INTERVALS.items():
+            sec, key = dotted.split(".")
+            if sec == section:
+                _check_interval(dotted, getattr(getattr(self, sec), key), interval)
+        precision = getattr(getattr(self, section), "precision", None)
+        if precision is not None and precision not in PRECISIONS:
+            raise ConfigError(f"{section}.precision must be {', '.join(PRECISIONS)}, got {precision!r}")
+
     def validate(self) -> "Config":
-        """Check cross-field constraints; return self."""
+        """Check every numeric field's range (``INTERVALS``) and the cross-field constraints; return self."""
         a, m = self.audio, self.model
+        for section in (f.name for f in dataclasses.fields(self)):
+            self.check_section(section)
         if m.arch not in ARCHS:
             raise ConfigError(f"model.arch must be {', '.join(ARCHS)}, got '{m.arch}'")
         if m.init not in ("published", "pytorch"):
             raise ConfigError(f"model.init must be published or pytorch, got '{m.init}'")
         if self.train.mode not in ("image", "text", "hybrid"):
             raise ConfigError(f"train.mode must be image, text or hybrid, got '{self.train.mode}'")
-        for name in ("train.precision", "inference.precision"):
-            sec, key = name.split(".")
-            if getattr(getattr(self, sec), key) not in PRECISIONS:
-                raise ConfigError(f"{name} must be {', '.join(PRECISIONS)}")
         step = 2 ** m.unet_depth
         if a.num_frames % step or a.model_bins % step:
             raise ConfigError(
                 f"audio gives {a.model_bins} bins x {a.num_frames} frames; both must be multiples of "
                 f"2**model.unet_depth = {step} (set audio.clip_samples / audio.warp_bins)"
             )
-        if self.inference.batch_windows < 1:
-            raise ConfigError("inference.batch_windows must be >= 1")
         if self.train.batch_size < self.mixing.num_sources:
             raise ConfigError(f"train.batch_size must be >= mixing.num_sources ({self.mixing.num_sources})")
-        if not 0.0 <= self.inference.overlap < 1.0:
-            raise ConfigError("inference.overlap must be in [0, 1)")
-        if m.noise_heads < 0:
-            raise ConfigError("model.noise_heads must be >= 0")
-        if self.train.nit_warmup_steps < 0:
-            raise ConfigError("train.nit_warmup_steps must be >= 0")
-        if not 0.0 <= self.train.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.train.ema_decay}")
-        if self.mixing.num_sources < 2:
-            raise ConfigError("mixing.num_sources must be >= 2")
+        if a.win_length > a.n_fft:
+            raise ConfigError(f"audio.win_length ({a.win_length}) must be <= audio.n_fft ({a.n_fft})")
+        if self.data.val_clips == 1:
+            raise ConfigError("data.val_clips must be 0 (no validation) or >= 2 (mixtures pair clips)")
+        if self.mixing.gain_min > self.mixing.gain_max:
+            raise ConfigError(f"mixing.gain_min ({self.mixing.gain_min}) must be <= mixing.gain_max "
+                              f"({self.mixing.gain_max})")
         return self
+
+
+#: The numeric fields' ranges, in interval notation ("(0, inf)": above 0). Before these checks a
+#: zero hop length was a ZeroDivisionError inside validate(), and checkpoint_every=0 or lr=0 one
+#: after Ray and the data pipeline had started.
+INTERVALS = {
+    "audio.sample_rate": "[1, inf)", "audio.n_fft": "[2, inf)", "audio.hop_length": "[1, inf)",
+    "audio.win_length": "[1, inf)", "audio.clip_samples": "[1, inf)", "audio.warp_bins": "[0, inf)",
+    "model.unet_depth": "[2, inf)", "model.unet_width": "[1, inf)", "model.num_masks": "[1, inf)",
+    "model.noise_heads": "[0, inf)", "model.embed_dim": "[1, inf)", "model.num_sources": "[1, inf)",
+    "model.num_labels": "[0, inf)",
+    "query.frames_per_query": "[1, inf)", "query.fps": "(0, inf)", "query.text_cache_size": "[0, inf)",
+    "mixing.num_sources": "[2, inf)", "mixing.gain_min": "(0, inf)", "mixing.gain_max": "(0, inf)",
+    "train.batch_size": "[1, inf)", "train.lr": "(0, inf)", "train.final_lr": "[0, inf)",
+    "train.warmup_steps": "[0, inf)", "train.decay_steps": "[0, inf)", "train.max_steps": "[1, inf)",
+    "train.grad_clip": "(0, inf)", "train.weight_decay": "[0, inf)", "train.noise_reg_lambda": "[0, inf)",
+    "train.noise_reg_gamma": "[0, inf)", "train.num_workers": "[1, inf)", "train.checkpoint_every": "[1, inf)",
+    "train.val_every": "[1, inf)", "train.log_every": "[1, inf)", "train.shuffle_buffer": "[0, inf)",
+    "train.seed": "[0, inf)", "train.nit_warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
+    "data.val_fraction": "[0, 1)", "data.val_clips": "[0, inf)", "data.min_rows_per_pass": "[0, inf)",
+    "data.prep_cpus": "(0, inf)", "data.cache_mb": "[0, inf)",
+    "run.max_failures": "[-1, inf)", "run.num_to_keep": "[1, inf)", "run.cpus_per_worker": "[0, inf)",
+    "inference.overlap": "[0, 1)", "inference.batch_windows": "[1, inf)",
+}
+
+
+def _check_interval(dotted: str, value: float, interval: str) -> None:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    if not (above and below):
+        raise ConfigError(f"{dotted} must be in {interval}, got {value!r}")
 
 
 def _split(item: str) -> tuple[str, str]:
@@ -271,6 +309,10 @@ def _split(item: str) -> tuple[str, str]:
         raise ConfigError(f"override '{item}' is not of the form section.field=value")
     key, value = item.split("=", 1)
     return key.strip(), _Raw(value)
+
+
+#: A decimal number as people write it, exponent and all ("1e-3", "-2.5E+4").
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class _Raw(str):
@@ -286,7 +328,11 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         except yaml.YAMLError:
             raise ConfigError(f"config field '{where}': cannot parse {str(value)!r}") from None
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"config field '{where}' must be a finite number, got {value!r}")
         return float(value)
     if origin is list:
         (inner,) = typing.get_args(tp)
@@ -344,15 +390,16 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Con
         raise ConfigError(f"{source}: top level must be a mapping")
     base = data.pop("preset", None)
     cfg = load_config(base) if base else Config()
-    cfg = cfg.override(_flatten(data))
+    cfg = cfg.override(flatten(data))
     return cfg.override(overrides or []).validate()
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"section.field": value}."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

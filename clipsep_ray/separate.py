@@ -279,6 +279,7 @@ class Separator:
             cfg.query.clip_pretrained = clip_pretrained
         if inference:
             cfg = cfg.override({f"inference.{k}": v for k, v in inference.items()})
+            cfg.check_section("inference")  # an overlap of 1 is a window step of 0: a loop without end
         sep = cls(model, cfg, query_encoder, device)
         sep.checkpoint_sha256 = payload["sha256"]
         return sep

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from clipsep_ray import storage
-from clipsep_ray.config import Config
+from clipsep_ray.config import Config, ConfigError
 from clipsep_ray.data import schema
 from clipsep_ray.data.shards import check_unique_clip_ids
 from clipsep_ray.evaluation.protocol import EvalResult, eval_pairs, score_mixtures, summarize_records
@@ -160,7 +160,7 @@ def evaluate_distributed(checkpoint: str, data_uri: str, *, limit: int | None = 
     meta.sort(key=lambda r: r["clip_id"])
     n = len(meta)
     if n < 2:
-        raise ValueError(f"evaluation needs at least 2 clips, {data_uri} gave {n}")
+        raise ConfigError(f"evaluation needs at least 2 clips, {data_uri} gave {n}")
     pairs = eval_pairs(n, labels=[r["label"] or None for r in meta])  # as the local path does
     ids = [r["clip_id"] for r in meta]
     index = {c: i for i, c in enumerate(ids)}

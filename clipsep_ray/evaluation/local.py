@@ -7,6 +7,7 @@ from clipsep_ray.evaluation.protocol import EvalResult, eval_pairs, evaluate_row
 def evaluate_local(checkpoint: str, data_uri, *, limit: int | None = None, text_embeddings: str | None = None,
                    train_data: str = "", device: str = "cpu", endpoint: str | None = None) -> EvalResult:
     """Evaluate ``checkpoint`` on the shards at ``data_uri`` in one process (no Ray)."""
+    from clipsep_ray.config import ConfigError
     from clipsep_ray.data.shards import eval_rows
     from clipsep_ray.models.checkpoint import load_checkpoint
 
@@ -15,7 +16,7 @@ def evaluate_local(checkpoint: str, data_uri, *, limit: int | None = None, text_
     rows = eval_rows(data_uri, cfg, limit=limit, text_embeddings=text_embeddings, ensemble=True, endpoint=endpoint)
     n = len(rows["audio"])
     if n < 2:
-        raise ValueError(f"evaluation needs at least 2 clips, {data_uri} gave {n}")
+        raise ConfigError(f"evaluation needs at least 2 clips, {data_uri} gave {n}")
     summary, per_clip = evaluate_rows(model, cfg, rows, eval_pairs(n, labels=rows.get("label")), device, train_data)
     reasons: dict[str, int] = {}
     for f in rows["failures"]:

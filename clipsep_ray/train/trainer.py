@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any, Sequence
 
 from clipsep_ray import storage
-from clipsep_ray.config import Config, save_config
+from clipsep_ray.config import Config, ConfigError, flatten, save_config
 
 if TYPE_CHECKING:
     from clipsep_ray.train.worker import StepHook
@@ -33,7 +33,7 @@ def validation_set(cfg: Config, val_source, text_uri: str | None):
                      endpoint=cfg.data.s3_endpoint or None)
     n = len(rows["audio"])
     if n < 2:
-        raise ValueError(f"validation needs at least 2 clips, {val_source} gave {n}")
+        raise ConfigError(f"validation needs at least 2 clips, {val_source} gave {n} (data.val_uri, data.val_clips)")
     text = torch.as_tensor(rows["text_query"]) if "text_query" in rows else None
     labels = torch.as_tensor(rows["label_id"]) if "label_id" in rows else None
     return ValSet(torch.as_tensor(rows["audio"]), torch.as_tensor(rows["image_query"]), text,
@@ -57,6 +57,42 @@ def planned_rows(cfg: Config) -> int:
     return (cfg.train.max_steps + 4) * cfg.train.batch_size if cfg.data.planned_pass else 0
 
 
+#: What a resumed run may change: where it reads and writes, how long it runs and on what. The rest
+#: must match its checkpoints: a new model shape failed inside every worker, and a new learning rate
+#: or weight decay was silently replaced by the optimiser state's (and recorded as used).
+RESUMABLE = ("run.", "data.", "inference.", "query.clip_pretrained", "query.text_cache_size", "train.max_steps",
+             "train.decay_steps", "train.checkpoint_every", "train.val_every", "train.log_every",
+             "train.num_workers", "train.use_gpu", "train.precision")
+
+
+def check_resume(cfg: Config, endpoint: str | None) -> int:
+    """The step a run of this ``run.name`` resumes from (0: a new run), after checking that ``cfg``
+    changes nothing but :data:`RESUMABLE` fields of its newest checkpoint's config (ConfigError)."""
+    from clipsep_ray.models.checkpoint import FILENAME, read_checkpoint
+
+    run_dir = storage.join_uri(cfg.run.storage_path, cfg.run.name)
+    fs, root = storage.url_to_fs(run_dir, endpoint)
+    try:
+        steps = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if "step_" in p.rsplit("/", 1)[-1])
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for name in reversed(steps):
+        uri = storage.join_uri(run_dir, name, FILENAME)
+        if storage.exists(uri, endpoint):
+            break
+    else:
+        return 0
+    with storage.endpoint_env(endpoint):
+        payload = read_checkpoint(uri)
+    before, now = flatten(payload["config"]), flatten(cfg.to_dict())
+    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE)]
+    if changed:
+        raise ConfigError(f"run '{cfg.run.name}' at {run_dir} resumes from {name}, trained with other settings: "
+                          f"{'; '.join(changed)}. Resume with its values, or start a new run (run.name=...)")
+    return int(payload.get("extra", {}).get("step", 0))
+
+
 def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = (),
           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics.
@@ -74,19 +110,20 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
     from clipsep_ray.train.worker import train_loop_per_worker
 
     if not cfg.data.train_uri:
-        raise ValueError("data.train_uri is not set: give the embedded shards to train on")
+        raise ConfigError("data.train_uri is not set: give the embedded shards to train on (--data)")
     endpoint = storage.endpoint_url(cfg.data.s3_endpoint or None)
+    check_resume(cfg, endpoint)
     init_ray(address)
     text_uri = text_embeddings_uri(cfg.data.train_uri, cfg.data.text_embeddings or None, endpoint)
     columns = model_class(cfg.model).training_columns(cfg.train.mode)
     if "text_query" in columns and not text_uri:
-        raise ValueError(f"train.mode={cfg.train.mode} needs text embeddings of labels: none at "
+        raise ConfigError(f"train.mode={cfg.train.mode} needs text embeddings of labels: none at "
                          f"{cfg.data.train_uri}/_text_embeddings.parquet (run embed on labelled shards)")
     train_src, val_src = cfg.data.train_uri, cfg.data.val_uri
     if not val_src and cfg.data.val_clips > 0:
         train_src, val_src = split_shards(cfg.data.train_uri, cfg.data.val_fraction, cfg.train.seed, endpoint)
         if not val_src or not train_src:
-            raise ValueError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
+            raise ConfigError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
                              f"set data.val_uri")
     needs_text = bool(columns & {"text_query", "label_id"})
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
@@ -114,20 +151,27 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
                                                          checkpoint_score_attribute="val_sdr" if val else "step",
                                                          checkpoint_score_order="max")),
     )
+    run_dir = storage.join_uri(cfg.run.storage_path, cfg.run.name)
+    save_config(cfg, f"{run_dir}/config.yaml", endpoint)  # before: written only by a run that ended well
     result = trainer.fit()
     best = result.checkpoint
     if val and result.best_checkpoints:
-        best = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_sdr", float("-inf")))[0]
+        best = max(result.best_checkpoints, key=lambda cm: _score(cm[1]))[0]
     summary = {"run": cfg.run.name, "storage_path": cfg.run.storage_path, "metrics": result.metrics,
                "latest_checkpoint": _uri(result.checkpoint, cfg), "best_checkpoint": _uri(best, cfg),
                "data": stats.snapshot()}
     if summary["data"]["rows_skipped"]:
         print(f"[train] skipped {summary['data']['rows_skipped']} unreadable rows: {summary['data']['reasons']}",
               flush=True)
-    run_dir = f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
-    save_config(cfg, f"{run_dir}/config.yaml", endpoint)
     storage.write_text(f"{run_dir}/summary.json", json.dumps(summary, indent=1, default=str), endpoint)
     return summary
+
+
+def _score(metrics: dict) -> float:
+    """A checkpoint's validation SDR for choosing the best; NaN (weights gone non-finite) ranks last:
+    ``max`` keeps its first item when the key is NaN, which made a NaN checkpoint the best."""
+    sdr = metrics.get("val_sdr", float("-inf"))
+    return float("-inf") if sdr != sdr else sdr
 
 
 def _uri(checkpoint, cfg: Config) -> str | None:

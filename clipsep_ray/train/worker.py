@@ -192,9 +192,10 @@ def log(w: Worker, meter: Meter) -> None:
           f"{r['clips_per_s']:.1f} mixtures/s data-wait {100 * r['data_wait_frac']:.0f}%", flush=True)
 
 
-def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None) -> None:
-    """Validation (every rank scores a share, rank 0 gets the scores), a checkpoint (rank 0) and
-    ``ray.train.report`` (every rank, the same number of times)."""
+def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None, keep: bool = True) -> None:
+    """Validation (every rank scores a share, rank 0 gets the scores), a checkpoint (rank 0, when
+    ``keep``: every checkpoint is validated, as the best is chosen by its score; ``train.val_every``
+    adds scores between them) and ``ray.train.report`` (every rank, the same number of times)."""
     import ray.train
 
     result = {"step": w.step, "start_step": w.start_step, **meter.rates(w.cfg.train.batch_size),
@@ -205,11 +206,12 @@ def report(w: Worker, meter: Meter, metrics: dict, grad_norm, val: ValSet | None
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if w.rank == 0:
-            save_training_checkpoint(w, tmp)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            if keep:
+                save_training_checkpoint(w, tmp)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             print(f"[train] step {w.step}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), flush=True)
-        ray.train.report(result, checkpoint=checkpoint, checkpoint_dir_name=f"step_{w.step:08d}")
+        ray.train.report(result, checkpoint=checkpoint, checkpoint_dir_name=f"step_{w.step:08d}" if keep else None)
 
 
 def judge(w: Worker) -> nn.Module:
@@ -263,6 +265,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             hook(w.step, w.rank, w.world)
         if w.step % tc.log_every == 0 and w.rank == 0:
             log(w, meter)
-        if w.step % tc.checkpoint_every == 0 or w.step == tc.max_steps:
-            report(w, meter, metrics, grad_norm, val)
+        keep = w.step % tc.checkpoint_every == 0 or w.step == tc.max_steps
+        if keep or w.step % tc.val_every == 0:
+            report(w, meter, metrics, grad_norm, val, keep)
             meter.reset()  # in place: the batch generator adds its waits to this meter

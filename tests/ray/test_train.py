@@ -31,13 +31,28 @@ def _cfg(base: str, name: str, **kw) -> object:
     return load_config("tiny", over + [f"{k}={v}" for k, v in kw.items()])
 
 
-def test_two_workers_train_from_s3_and_checkpoint_there(ray_local, shards):
+def test_two_workers_train_from_s3_and_checkpoint_there(ray_local, shards, tmp_path):
+    """Also: validation every 2 steps between checkpoints every 3 (train.val_every was read by nothing)."""
     from clipsep_ray.models.checkpoint import load_checkpoint
     from clipsep_ray.train.trainer import train
 
-    summary = train(_cfg(shards, "basic"))
+    import ray.train
+
+    class ReportLog(ray.train.UserCallback):  # local: pickled by value to the run's controller
+        """Each report's step, whether it has a validation score and whether it carries a checkpoint."""
+
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(self.path, "a") as f:
+                f.write(f"{metrics[0]['step']} {'val_sdr' in metrics[0]} {checkpoint is not None}\n")
+
+    log = tmp_path / "reports.txt"
+    summary = train(_cfg(shards, "basic", **{"train.val_every": 2}), callbacks=[ReportLog(str(log))])
     m = summary["metrics"]
     assert m["step"] == 6 and m["start_step"] == 0
+    assert log.read_text().split("\n")[:-1] == ["2 True False", "3 True True", "4 True False", "6 True True"]
     assert math.isfinite(m["loss"]) and math.isfinite(m["val_sdr"])
     assert summary["latest_checkpoint"].startswith("s3://") and "step_00000006" in summary["latest_checkpoint"]
     model, cfg, payload = load_checkpoint(summary["latest_checkpoint"])
@@ -66,8 +81,13 @@ def test_second_run_with_same_name_resumes(ray_local, shards):
     from clipsep_ray.models.checkpoint import load_checkpoint
     from clipsep_ray.train.trainer import train
 
+    from clipsep_ray.config import ConfigError
+
     first = train(_cfg(shards, "resume", **{"train.max_steps": 3, "train.ema_decay": 0.9}))
     assert first["metrics"]["step"] == 3
+    # Refused before Ray starts: a new learning rate was silently replaced by the optimiser state's.
+    with pytest.raises(ConfigError, match=r"resumes from step_00000003.*train.lr: 0.001 -> 0.002"):
+        train(_cfg(shards, "resume", **{"train.max_steps": 6, "train.ema_decay": 0.9, "train.lr": 0.002}))
     second = train(_cfg(shards, "resume", **{"train.max_steps": 6, "train.ema_decay": 0.9}))
     assert second["metrics"]["start_step"] == 3 and second["metrics"]["step"] == 6
     _, cfg, payload = load_checkpoint(second["latest_checkpoint"])

@@ -37,10 +37,36 @@ def test_dotted_overrides_parse_by_field_type():
     (["model.num_masks"], "model.num_masks"),
     (["inference.batch_windows=0"], "inference.batch_windows"),
     (["train.batch_size=1"], "train.batch_size"),
+    # Ranges: each of these was accepted and failed later (a ZeroDivisionError inside validate()
+    # for the hop; after Ray had started for checkpoint_every=0 and lr=0; never for the rest).
+    (["audio.hop_length=0"], r"audio.hop_length must be in \[1, inf\), got 0"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every"),
+    (["train.log_every=0"], "train.log_every"),
+    (["train.lr=0"], r"train.lr must be in \(0, inf\)"),
+    (["train.lr=-1"], "train.lr"),
+    (["train.grad_clip=.nan"], "'train.grad_clip' must be a finite number"),
+    (["model.unet_depth=1"], "model.unet_depth"),
+    (["model.num_masks=0"], "model.num_masks"),
+    (["data.val_fraction=1.5"], "data.val_fraction"),
+    (["data.val_clips=1"], "data.val_clips"),
+    (["mixing.gain_min=2", "mixing.gain_max=1"], "mixing.gain_min"),
+    (["audio.win_length=4096"], "audio.win_length"),
+    (["inference.overlap=1.0"], "inference.overlap"),
 ])
 def test_bad_overrides_name_the_field(override, named):
     with pytest.raises(ConfigError, match=named.replace("*", r"\*")):
         load_config("tiny", override)
+
+
+def test_floats_are_read_as_people_write_them(tmp_path):
+    """YAML 1.1 reads 1e-3 (no dot) as a string: it was refused as "must be float, got str"."""
+    assert load_config("tiny", ["train.lr=1e-3", "train.final_lr=5E-5"]).train.lr == 1e-3
+    f = tmp_path / "exp.yaml"
+    f.write_text("preset: tiny\ntrain: {lr: 2e-4, final_lr: 1e-5}\n")
+    c = load_config(str(f))
+    assert (c.train.lr, c.train.final_lr) == (2e-4, 1e-5)
+    with pytest.raises(ConfigError, match="must be float"):
+        load_config("tiny", ["train.lr=1e-3x"])
 
 
 def test_unknown_preset_and_missing_file():

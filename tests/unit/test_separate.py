@@ -247,3 +247,18 @@ def test_archive_replica_uses_the_drivers_projections_without_a_query_encoder(ti
         got, got_sr = load_audio(str(tmp_path / "out" / "in" / f"{slug(name)}.wav"))
         assert got_sr == sr and got.shape == wave.shape
         np.testing.assert_allclose(got, mem[name], atol=2e-4)
+
+
+@pytest.mark.parametrize("override,named", [({"overlap": 1.0}, "inference.overlap"),
+                                            ({"overlap": -0.5}, "inference.overlap"),
+                                            ({"batch_windows": 0}, "inference.batch_windows"),
+                                            ({"precision": "fp8"}, "inference.precision")])
+def test_bad_inference_settings_are_refused_when_loading(tiny_cfg, tiny_model, tmp_path, override, named):
+    """An overlap of 1 made a window step of 0: separate() never ended. The others failed every input
+    with a tensor size error, or (batch_windows=0) put a whole file's windows in one U-Net call."""
+    from clipsep_ray.config import ConfigError
+    from clipsep_ray.models.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(str(tmp_path / "m.pt"), tiny_model, tiny_cfg)
+    with pytest.raises(ConfigError, match=named):
+        Separator.from_checkpoint(ckpt, device="cpu", **override)

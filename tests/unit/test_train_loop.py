@@ -278,3 +278,32 @@ def test_validation_split_over_ranks_equals_one_process(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     assert results[1] == {}
     assert results[0] == pytest.approx(alone, rel=1e-6)
+
+
+def test_a_resumed_run_must_keep_what_its_checkpoints_learned_with(tmp_path):
+    """check_resume, before Ray starts: where and how long may change; the model, the loss and the
+    optimiser's settings may not (a new lr was replaced by the optimiser state's, silently)."""
+    from clipsep_ray.config import ConfigError
+    from clipsep_ray.models.checkpoint import save_checkpoint
+    from clipsep_ray.train.trainer import check_resume
+
+    base = ["train.max_steps=10", f"run.storage_path={tmp_path}", "run.name=r"]
+    cfg = load_config("tiny", base)
+    assert check_resume(cfg, None) == 0  # a new run
+    (tmp_path / "r" / "step_00000004").mkdir(parents=True)  # a folder Ray left without its model.pt
+    assert check_resume(cfg, None) == 0
+    save_checkpoint(str(tmp_path / "r" / "step_00000002" / "model.pt"), build_model(cfg.model), cfg, {"step": 2})
+    allowed = load_config("tiny", base + ["train.max_steps=20", "train.num_workers=2", "data.val_clips=8",
+                                          "inference.overlap=0.5"])
+    assert check_resume(allowed, None) == 2
+    for override, named in (("model.num_masks=8", "model.num_masks: 16 -> 8"), ("train.lr=0.002", "train.lr"),
+                            ("train.weight_decay=0.1", "train.weight_decay"), ("mixing.gain_max=2.0", "mixing")):
+        with pytest.raises(ConfigError, match=f"run 'r' .* resumes from step_00000002.*{named}"):
+            check_resume(load_config("tiny", base + [override]), None)
+
+
+def test_a_nan_score_never_makes_the_best_checkpoint():
+    from clipsep_ray.train.trainer import _score
+
+    scored = [("a", {"val_sdr": float("nan")}), ("b", {"val_sdr": 4.1}), ("c", {"val_sdr": 6.3}), ("d", {})]
+    assert max(scored, key=lambda cm: _score(cm[1]))[0] == "c"
