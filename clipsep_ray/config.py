@@ -315,6 +315,12 @@ def _split(item: str) -> tuple[str, str]:
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def yaml_float(value: Any) -> Any:
+    """``value``, or the float a string such as "1e-3" writes: YAML 1.1 reads an exponent without
+    a dot as a string, and ``lr: 1e-3`` was refused as "must be float, got str"."""
+    return float(value) if isinstance(value, str) and _FLOAT.fullmatch(value.strip()) else value
+
+
 class _Raw(str):
     """A command-line value: parsed as YAML unless the field is a string."""
 
@@ -328,8 +334,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         except yaml.YAMLError:
             raise ConfigError(f"config field '{where}': cannot parse {str(value)!r}") from None
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is float:
+        value = yaml_float(value)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ConfigError(f"config field '{where}' must be a finite number, got {value!r}")

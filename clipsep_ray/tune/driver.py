@@ -45,6 +45,10 @@ class StudySearch(OptunaSearch):
     retry (``study.recover``). Intermediate values are reported at the training step.
     """
 
+    def __init__(self, *args, base_config: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_config = base_config
+
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
         if config is None:
@@ -52,6 +56,8 @@ class StudySearch(OptunaSearch):
         trial = self._ot_trials[trial_id]
         run = trial.user_attrs.get("run") or st.run_name(trial.number)
         trial.set_user_attr("run", run)
+        if self.base_config is not None:  # the session's: a later session's file may change it
+            trial.set_user_attr("base_config", self.base_config)
         return {**config, RUN_KEY: run}
 
     def _record(self, trial_id: str, result: dict | None) -> None:
@@ -125,12 +131,13 @@ def run_sweep(sweep: Sweep, *, storage_uri: str = "sweeps", study: str | None = 
 
         searcher = StudySearch(space={k: p.distribution() for k, p in sweep.space.items()}, metric=sweep.metric,
                                mode=sweep.mode, study_name=name, storage=storage,
-                               sampler=optuna.samplers.TPESampler(multivariate=True, seed=sweep.seed))
+                               sampler=optuna.samplers.TPESampler(multivariate=True, seed=sweep.seed),
+                               base_config=base.to_dict())
         scheduler = None
         if sweep.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="step", max_t=base.train.max_steps, grace_period=sweep.grace_steps,
+            scheduler = ASHAScheduler(time_attr="step", max_t=sweep.longest_run(base), grace_period=sweep.grace_steps,
                                       reduction_factor=sweep.reduction_factor)
         endpoint = store.endpoint_url(base.data.s3_endpoint or None)
         tune_path, fs = ray_storage(root, endpoint)

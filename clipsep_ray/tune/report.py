@@ -28,9 +28,9 @@ def trial_rows(study) -> list[dict[str, Any]]:
     sweep = study.user_attrs.get("sweep", {})
     names = list(sweep.get("space", {}))
     maximize = sweep.get("objective", {}).get("mode", "max") == "max"
-    max_steps = study.user_attrs.get("base_config", {}).get("train", {}).get("max_steps")
     rows = []
     for t in study.get_trials(deepcopy=False):
+        max_steps = t.params.get("train.max_steps", _base(study, t).get("train", {}).get("max_steps"))
         value = t.value if t.values else None
         rows.append({"trial": t.number, "state": t.state.name, "objective": value,
                      **{n: t.params.get(n) for n in names}, "run": t.user_attrs.get("run", ""),
@@ -40,6 +40,12 @@ def trial_rows(study) -> list[dict[str, Any]]:
     scored = [r for r in rows if st.finite(r["objective"])]
     scored.sort(key=lambda r: -r["objective"] if maximize else r["objective"])
     return scored + [r for r in rows if not st.finite(r["objective"])]
+
+
+def _base(study, trial) -> dict:
+    """The base config ``trial`` ran with: its own (recorded when suggested), else the study's (the
+    latest session's, which a sweep file changed since may make another)."""
+    return trial.user_attrs.get("base_config") or study.user_attrs.get("base_config", {})
 
 
 def _note(t, max_steps: int | None) -> str:
@@ -88,7 +94,7 @@ def best_config(study, where=None) -> tuple[Config, Any] | tuple[None, None]:
         return None, None
     maximize = study.user_attrs.get("sweep", {}).get("objective", {}).get("mode", "max") == "max"
     best = (max if maximize else min)(done, key=lambda t: t.value)
-    cfg = Config.from_dict(study.user_attrs["base_config"]).override(dict(best.params)).validate()
+    cfg = Config.from_dict(_base(study, best)).override(dict(best.params)).validate()
     cfg.run.name = store.safe_component(f"{study.study_name}-best")
     return cfg, best
 

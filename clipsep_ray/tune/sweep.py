@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from clipsep_ray.config import Config, ConfigError, load_config, preset_names
+from clipsep_ray.config import Config, ConfigError, load_config, preset_names, yaml_float
 
 TOP_KEYS = {"base", "overrides", "objective", "space", "search", "scheduler"}
 REQUIRED = ("base", "objective", "space", "search")
@@ -89,6 +89,12 @@ class Sweep:
     def trial_config(self, params: dict[str, Any]) -> Config:
         return self.base_config().override(dict(params)).validate()
 
+    def longest_run(self, base: Config) -> int:
+        """The most training steps a trial may run (ASHA's ``max_t``): the base's ``train.max_steps``, or
+        the space's largest when it searches them (ASHA cut every longer trial at the base's length)."""
+        p = self.space.get("train.max_steps")
+        return base.train.max_steps if p is None else int(max(p.choices) if p.choices is not None else p.high)
+
     def to_dict(self) -> dict:
         """Plain data (stored with the study, so a report needs only the study)."""
         return {"name": self.name, "base": self.base, "overrides": dict(self.overrides), "extra": list(self.extra),
@@ -122,6 +128,7 @@ def _int(value: Any, where: str, src: str, minimum: int) -> int:
 
 
 def _number(value: Any, where: str, src: str) -> float:
+    value = yaml_float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{src}: '{where}' must be a number, got {type(value).__name__} ({value!r})")
     return value
@@ -181,6 +188,8 @@ def _param(cfg: Config, name: str, spec: Any, src: str) -> Param:
         step = _number(step, f"{where}.step", src)
         if step <= 0 or log:
             raise ConfigError(f"{src}: '{where}.step' must be > 0 and cannot be combined with log")
+        if tp is int and not isinstance(step, int):  # Optuna truncated 0.5 to a step of 0, then refused it
+            raise ConfigError(f"{src}: '{where}.step': '{name}' is an integer field; the step must be an integer")
     for key, value in (("low", low), ("high", high)):
         _check_value(cfg, name, float(value) if tp is float else value, f"{where}.{key}", src)
     return Param(name, low=float(low) if tp is float else low, high=float(high) if tp is float else high,

@@ -63,6 +63,7 @@ def test_good_sweep_parses_to_optuna_distributions():
     ("scheduler/grace_steps", 601, "scheduler.grace_steps"),               # beyond train.max_steps
     ("base", "huge", "base"),
     ("objective", KeyError, "objective"),
+    ("space/model.num_masks", {"low": 8, "high": 32, "step": 0.5}, "integer field"),  # Optuna: step 0
 ])
 def test_bad_sweep_is_rejected_naming_the_field(path, value, named):
     with pytest.raises(ConfigError) as err:
@@ -122,3 +123,34 @@ def test_study_storage_comes_from_optuna_storage_when_not_given(tmp_path, monkey
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'server.db'}")
     with pytest.raises(ConfigError, match="no study named 'nope'"):  # looked up in that storage
         call("tune", ["report", "--study", "nope", "--storage", str(tmp_path / "sweeps")])
+
+
+def test_exponents_read_as_numbers_and_asha_reaches_the_longest_searched_run():
+    text = yaml.safe_dump(GOOD).replace("0.0001", "1e-4")  # YAML 1.1 reads 1e-4 (no dot) as a string
+    assert "1e-4" in text
+    sweep = parse_sweep(yaml.safe_load(text))
+    assert sweep.space["train.lr"].low == 1e-4
+    assert sweep.longest_run(sweep.base_config()) == 600
+    longer = parse_sweep(_with("space/train.max_steps", {"choices": [400, 1200]}))
+    assert longer.longest_run(longer.base_config()) == 1200  # ASHA cut every trial at the base's 600
+
+
+def test_best_config_is_the_one_the_best_trial_ran_with():
+    """A later session's sweep file (other overrides) replaces the study's base config; best.yaml
+    rebuilt the best trial from it, a config that trial never ran."""
+    import optuna
+
+    from clipsep_ray.tune.report import best_config, trial_rows
+
+    sweep = parse_sweep(GOOD)
+    ran = sweep.base_config().to_dict()
+    later = parse_sweep(_with("overrides/train.max_steps", 1200)).base_config().to_dict()
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("sweep", sweep.to_dict())
+    study.set_user_attr("base_config", later)
+    dist = {"train.lr": sweep.space["train.lr"].distribution()}
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 2e-3}, distributions=dist, value=5.0,
+                                              user_attrs={"base_config": ran, "step": 600}))
+    cfg, best = best_config(study)
+    assert cfg.train.max_steps == 600 and cfg.train.lr == 2e-3
+    assert trial_rows(study)[0]["note"] == ""  # ran its full 600 steps: not "stopped by ASHA"
