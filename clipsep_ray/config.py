@@ -77,6 +77,10 @@ class ModelConfig:
     embed_dim: int = 512  # query embedding size (CLIP's output dim)
     num_sources: int = 2  # PIT output count
     num_labels: int = 0  # LabelSep vocabulary size
+    # LabelSep's vocabulary: label i is the embedding table's row i. Training sets it from its text
+    # embeddings' labels (sorted), and evaluation reads ids through it: a test set's own sorted labels
+    # gave other ids when it lacked one of the training labels, and silently wrong scores.
+    labels: list[str] = field(default_factory=list)
     channels_last: bool = True
     # "published": conv N(0, 1e-3), linear N(0, 1e-4), BN scale N(1, 0.02) (docs/METHOD.md);
     # "pytorch": PyTorch's default (Kaiming-uniform) init, which learns ~3x faster in a

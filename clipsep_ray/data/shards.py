@@ -160,7 +160,7 @@ class RowPrep:
     def from_config(cls, cfg: Config, text: dict | None = None, mode: str = "train") -> "RowPrep":
         """Training windows are ``audio.clip_samples``; evaluation windows (``mode="eval"``) are
         at least ``audio.eval_samples`` long (the published 4.08 s)."""
-        labels = {lab: i for i, lab in enumerate(sorted(text))} if text else None
+        labels = {lab: i for i, lab in enumerate(cfg.model.labels or sorted(text))} if text else None
         samples = cfg.audio.clip_samples if mode == "train" else max(cfg.audio.clip_samples, cfg.audio.eval_samples)
         return cls(cfg.audio.sample_rate, samples, cfg.query.frames_per_query, cfg.model.embed_dim, text, labels)
 
@@ -246,6 +246,8 @@ class RowPrep:
                 if self.text is not None:
                     if labels[i] is None or labels[i] not in self.text:
                         raise schema.ShardError(f"no text embedding for label {labels[i]!r}")
+                    if labels[i] not in self.labels:
+                        raise schema.ShardError(f"label {labels[i]!r} is not in the model's vocabulary (model.labels)")
                     text_q, label_id = self.text[labels[i]], self.labels[labels[i]]
                 f = float(fps[i] or 1.0)
                 n_sec = max(1, int(math.floor(n_frames / f + 1e-6)))

@@ -93,6 +93,21 @@ def check_resume(cfg: Config, endpoint: str | None) -> int:
     return int(payload.get("extra", {}).get("step", 0))
 
 
+def with_label_vocabulary(cfg: Config, text_uri: str, endpoint: str | None) -> Config:
+    """``cfg`` with ``model.labels`` set to the text embeddings' labels, sorted (kept when given and
+    covering them all), checked against ``model.num_labels``."""
+    from clipsep_ray.data.shards import cached_text_embeddings
+
+    found = sorted(cached_text_embeddings(text_uri, False, endpoint))
+    labels = cfg.model.labels or found
+    missing = sorted(set(found) - set(labels))
+    if missing:
+        raise ConfigError(f"model.labels lacks labels of {text_uri}: {', '.join(map(repr, missing[:5]))}")
+    if len(labels) > cfg.model.num_labels:
+        raise ConfigError(f"model.num_labels is {cfg.model.num_labels}, and the data has {len(labels)} labels")
+    return cfg.override({"model.labels": labels})
+
+
 def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] = (),
           callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train as ``cfg`` says; returns a summary with the latest and best checkpoint URIs and metrics.
@@ -112,19 +127,21 @@ def train(cfg: Config, *, address: str | None = None, hooks: Sequence[StepHook] 
     if not cfg.data.train_uri:
         raise ConfigError("data.train_uri is not set: give the embedded shards to train on (--data)")
     endpoint = storage.endpoint_url(cfg.data.s3_endpoint or None)
-    check_resume(cfg, endpoint)
-    init_ray(address)
     text_uri = text_embeddings_uri(cfg.data.train_uri, cfg.data.text_embeddings or None, endpoint)
     columns = model_class(cfg.model).training_columns(cfg.train.mode)
-    if "text_query" in columns and not text_uri:
+    if columns & {"text_query", "label_id"} and not text_uri:
         raise ConfigError(f"train.mode={cfg.train.mode} needs text embeddings of labels: none at "
-                         f"{cfg.data.train_uri}/_text_embeddings.parquet (run embed on labelled shards)")
+                          f"{cfg.data.train_uri}/_text_embeddings.parquet (run embed on labelled shards)")
+    if "label_id" in columns:
+        cfg = with_label_vocabulary(cfg, text_uri, endpoint)
+    check_resume(cfg, endpoint)
+    init_ray(address)
     train_src, val_src = cfg.data.train_uri, cfg.data.val_uri
     if not val_src and cfg.data.val_clips > 0:
         train_src, val_src = split_shards(cfg.data.train_uri, cfg.data.val_fraction, cfg.train.seed, endpoint)
         if not val_src or not train_src:
             raise ConfigError(f"{cfg.data.train_uri}: too few shards to hold out data.val_fraction for validation; "
-                             f"set data.val_uri")
+                              f"set data.val_uri")
     needs_text = bool(columns & {"text_query", "label_id"})
     stats = PrepStats()  # rows prepared / skipped (corrupt audio, missing embeddings), across all data tasks
     ds = training_dataset(train_src, cfg, cfg.train.seed, endpoint=endpoint, stats=stats,

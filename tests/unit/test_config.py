@@ -104,3 +104,41 @@ def test_evaluation_scores_the_published_duration_whatever_the_training_window()
     assert RowPrep.from_config(tiny).clip_samples == tiny.audio.clip_samples
     assert RowPrep.from_config(tiny, mode="eval").clip_samples == 32640
     assert RowPrep.from_config(paper, mode="eval").clip_samples == paper.audio.clip_samples  # 65535 >= 65280
+
+
+def test_label_ids_come_from_the_models_vocabulary_not_the_data_sets():
+    """LabelSep's ids were the sorted labels of whichever text embeddings were read: a test set
+    without class0 numbered class1 as 0, and the model was queried for the wrong label."""
+    import numpy as np
+
+    from clipsep_ray.data.shards import RowPrep
+    from tests.ray.conftest import training_rows
+
+    cfg = load_config("tiny", ["model.arch=labelsep", "model.num_labels=4", "model.embed_dim=128",
+                               "model.labels=[class0, class1, class2, class3]"])
+    table = training_rows(8)  # labels class0..class3, twice
+    text = {f"class{k}": np.full(128, k, np.float32) for k in (1, 2, 3, 9)}  # class0 lacks; class9 is new
+    rows, failures = RowPrep.from_config(cfg, text, mode="eval").prepare(table, "eval")
+    assert list(rows["label_id"]) == [1, 2, 3, 1, 2, 3]
+    assert len(failures) == 2 and all("no text embedding for label 'class0'" in f[2] for f in failures)
+    cfg.model.labels = ["class1", "class2", "class3"]  # a row whose label the model never learned
+    text["class0"] = np.zeros(128, np.float32)
+    rows, failures = RowPrep.from_config(cfg, text, mode="eval").prepare(table, "eval")
+    assert len(rows["label_id"]) == 6 and "'class0' is not in the model's vocabulary" in failures[0][2]
+
+
+def test_training_sets_the_label_vocabulary_from_its_text_embeddings(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipsep_ray.config import ConfigError
+    from clipsep_ray.train.trainer import with_label_vocabulary
+
+    uri = str(tmp_path / "_text_embeddings.parquet")
+    pq.write_table(pa.table({"label": ["dog", "bell", "cat"], "embedding": [[0.0], [1.0], [2.0]]}), uri)
+    cfg = load_config("tiny", ["model.arch=labelsep", "model.num_labels=3"])
+    assert with_label_vocabulary(cfg, uri, None).model.labels == ["bell", "cat", "dog"]
+    with pytest.raises(ConfigError, match="model.num_labels is 2, and the data has 3 labels"):
+        with_label_vocabulary(load_config("tiny", ["model.arch=labelsep", "model.num_labels=2"]), uri, None)
+    with pytest.raises(ConfigError, match="model.labels lacks labels of .*'dog'"):
+        with_label_vocabulary(cfg.override({"model.labels": ["bell", "cat"]}), uri, None)
