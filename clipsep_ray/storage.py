@@ -125,6 +125,13 @@ def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def is_storage_fault(exc: BaseException) -> bool:
+    """An error of the file system or object store itself (missing bucket, refused access,
+    unreachable endpoint): an OSError, or botocore's and aiohttp's own exceptions, which s3fs lets
+    through (a wrong --endpoint-url was a traceback with exit 1)."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+
+
 #: The hidden temporary name of a local file being written (:func:`hidden_temp`): what a killed
 #: job can leave behind, and what the archive's clean-up removes.
 TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")

@@ -13,11 +13,11 @@ killed run are removed before anything else, and ``_tmp/`` again at the end.
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
 import math
 import os
+import threading
 import time
 from functools import partial
 from typing import Callable, Sequence
@@ -109,7 +109,8 @@ def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, endpoint) ->
     def path(uri: str) -> str:
         return storage.url_to_fs(uri, endpoint)[1]
 
-    if not row or row["status"] != "done" or not row["outputs"] or path(row["input"]) != path(item.uri):
+    same = path(storage.without_query(row["input"])) == path(storage.without_query(item.uri)) if row else False
+    if not row or row["status"] != "done" or not row["outputs"] or not same:  # re-signed URLs: the same input
         return False
     root = path(output_uri).rstrip("/") + "/"
     return all(path(u).startswith(root) and storage.exists(u, endpoint) for u in row["outputs"])
@@ -207,11 +208,11 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
             f"{' --query '.join(repr(q) for q in queries)} is not used")
     inputs, ignored = list_inputs(input_uri, output_uri, endpoint)
     try:
-        rows = _resume(output_uri, job, inputs, overwrite, endpoint, log)
-    except OSError as exc:  # an S3 AccessDenied, a file in the way, a read-only file system: not this job's fault
-        if not isinstance(exc, (PermissionError, FileExistsError, NotADirectoryError)) and exc.errno != errno.EROFS:
+        rows, kept = _resume(output_uri, job, inputs, overwrite, endpoint, log)
+    except Exception as exc:  # a missing bucket, refused access, a file in the way, a read-only file system
+        if not storage.is_storage_fault(exc):
             raise
-        raise ArchiveError(f"cannot use {output_uri}: {exc}") from None
+        raise ArchiveError(f"cannot use OUTPUT_URI {output_uri}: {type(exc).__name__}: {exc}") from None
     todo = largest_first([i for i in inputs if i.relative_path not in rows])
     already = len(rows)
     skipped = sum(ignored.values())
@@ -226,10 +227,10 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                             actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
                             task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                             object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
-                            env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, log=log)
+                            env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, kept=kept, log=log)
     except BaseException as failure:  # failed or interrupted: record the inputs done so far all the same
         try:
-            _finish(output_uri, rows, endpoint)
+            _finish(output_uri, {**kept, **rows}, endpoint)
         except Exception as exc:  # the job's own error (often the same storage fault) is the one to see
             log(f"[archive] the manifest could not be written after the failure: {type(exc).__name__}: {exc}")
         else:
@@ -237,7 +238,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                 f"{sum(r['status'] == 'done' for r in rows.values())} of {len(inputs)} inputs done and recorded; "
                 "the same command finishes the rest")
         raise
-    _finish(output_uri, rows, endpoint)
+    _finish(output_uri, {**kept, **rows}, endpoint)
     failures = [(r["input"], r["error"]) for r in rows.values() if r["status"] != "done"]
     return {"inputs": len(inputs), "done": len(inputs) - len(failures), "failed": len(failures),
             "already_done": already, "ignored": skipped, "failures": failures, "output_uri": output_uri,
@@ -266,9 +267,12 @@ def _check_model(checkpoint: str, queries: Sequence[str], fmt: str):
             weights)
 
 
-def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log) -> dict:
-    """Check the job record, clear what a killed run left, record this job; the manifest rows of
-    inputs already done (all their outputs there) for the same checkpoint and queries."""
+def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: bool, endpoint, log
+            ) -> tuple[dict, dict]:
+    """Check the job record, clear what a killed run left, record this job; (the manifest rows of
+    inputs already done (all their outputs there) for the same checkpoint and queries, the rows of
+    inputs this listing does not hold, kept: an archive run in parts lost the other parts' rows,
+    and then redid their model work)."""
     previous = _check_job(output_uri, job, overwrite, endpoint)
     if previous is None and overwrite:  # replacing another job's outputs: none of them may linger
         _clear_outputs(output_uri, inputs, endpoint)
@@ -277,8 +281,10 @@ def _resume(output_uri: str, job: dict, inputs: list[ArchiveInput], overwrite: b
         log(f"[archive] removed {removed} temporary files of an interrupted run")
     old = {r["relative_path"]: r for r in read_manifest(output_uri, endpoint)} if previous else {}
     storage.write_text(storage.join_uri(output_uri, JOB), json.dumps(job, indent=1), endpoint)
-    return {i.relative_path: old[i.relative_path] for i in inputs
-            if _is_done(old.get(i.relative_path), i, output_uri, endpoint)}
+    listed = {i.relative_path for i in inputs}
+    return ({i.relative_path: old[i.relative_path] for i in inputs
+             if _is_done(old.get(i.relative_path), i, output_uri, endpoint)},
+            {rel: row for rel, row in old.items() if rel not in listed})
 
 
 def _clear_outputs(output_uri: str, inputs: list[ArchiveInput], endpoint) -> None:
@@ -356,12 +362,16 @@ def gpu_share(gpus_per_actor: float | None, actors: int | None, cluster_gpus: fl
 
 def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | None, gpus_per_actor: float | None,
               cpus_per_actor: float, task_cpus: float, actor_mb: float, pipeline: str, address: str | None,
-              output_uri: str, endpoint, log, **pipeline_kw) -> dict:
-    """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes."""
+              output_uri: str, endpoint, log, kept: dict, **pipeline_kw) -> dict:
+    """Run the pipeline over ``todo``, adding a manifest row to ``rows`` per input as it completes
+    (the manifest also keeps the ``kept`` rows of inputs not in this listing)."""
     from clipsep_ray.runtime import cluster_cpus, cluster_gpus, cluster_memory_mb, init_ray
 
     init_ray(address)
     gpus = gpu_share(gpus_per_actor, actors, cluster_gpus())
+    if gpus > 0 and not cluster_gpus() and actors is None:  # Ray Data would wait for them without end
+        raise ArchiveError(f"the model actors ask for {gpus:g} GPU each and the cluster has none; a cluster that "
+                           "adds GPU nodes when asked needs --actors")
     mode = pipeline if pipeline != "auto" else ("staged" if gpus > 0 else "fused")
     actors = actor_count(actors, mode=mode, files=len(todo), cpus_per_actor=cpus_per_actor, task_cpus=task_cpus,
                          gpus_per_actor=gpus, cluster_cpus=cluster_cpus(), cluster_gpus=cluster_gpus(),
@@ -369,29 +379,72 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
     log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({cpus_per_actor:g} CPU"
         + (f", {gpus:g} GPU" if gpus else "") + f", about {actor_mb / 1024:.1f} GB each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
-    separated, progress, last_write = 0, _Progress(len(todo), log), time.time()
+    separated = 0
     results = _pipeline(todo, checkpoint=job["checkpoint"], sha256=job["checkpoint_sha256"], names=job["queries"],
                         output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors,
                         cpus_per_actor=cpus_per_actor, task_cpus=task_cpus, **pipeline_kw)
-    for r in _actors_started(results):
-        ok = r["status"] == "ok"
-        separated += ok
-        for s in stages.STAGES:
-            peak[s] = max(peak[s], float(r[f"{s}_rss_mb"]))
-        rows[r["relative_path"]] = {
-            "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
-            "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
-            "sample_rate": int(r["sample_rate"]) or None, "channels": int(r["channels"]) or None,
-            "outputs": json.loads(r["outputs"]) if ok else [], "seconds": round(float(r["seconds"]), 3),
-            "checkpoint": job["checkpoint"], "queries": job["queries"]}
-        if not ok:
-            log(f"[archive] failed: {r['input']}: {r['error']}")
-        progress.update(float(r["duration_s"] or 0.0))
-        if time.time() - last_write > 10:  # the manifest survives a kill, a few rows behind at most
-            write_manifest(output_uri, list(rows.values()), endpoint)
-            last_write = time.time()
+    with _Recorder(output_uri, rows, kept, endpoint, _Progress(todo, log)) as recorder:
+        for r in _actors_started(results):
+            ok = r["status"] == "ok"
+            separated += ok
+            for s in stages.STAGES:
+                peak[s] = max(peak[s], float(r[f"{s}_rss_mb"]))
+            recorder.add({
+                "input": r["input"], "relative_path": r["relative_path"], "status": "done" if ok else "failed",
+                "error": r["error"], "duration_s": float(r["duration_s"]) if ok else None,
+                "sample_rate": int(r["sample_rate"]) or None, "channels": int(r["channels"]) or None,
+                "outputs": json.loads(r["outputs"]) if ok else [], "seconds": round(float(r["seconds"]), 3),
+                "checkpoint": job["checkpoint"], "queries": job["queries"]}, float(r["duration_s"] or 0.0))
+            if not ok:
+                log(f"[archive] failed: {r['input']}: {r['error']}")
     return {"separated": separated, "pipeline": mode, "actors": actors,
             "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
+
+
+class _Recorder:
+    """Adds each finished input's row to ``rows``; from a thread of its own, shows the progress line
+    and (every ``every`` seconds) writes the manifest when either is behind. Both waited for the next
+    row before: while an hours-long file ran, the rows finished before it were neither written (a
+    kill lost them) nor shown."""
+
+    def __init__(self, output_uri: str, rows: dict, kept: dict, endpoint, progress: "_Progress", every: float = 10.0):
+        self.output_uri, self.rows, self.kept, self.endpoint, self.progress = output_uri, rows, kept, endpoint, progress
+        self.every, self.lock, self.stop, self.dirty = every, threading.Lock(), threading.Event(), False
+        self.thread = threading.Thread(target=self._loop, name="archive-manifest", daemon=True)
+
+    def __enter__(self) -> "_Recorder":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:  # the caller writes the final manifest (_finish)
+        self.stop.set()
+        self.thread.join()
+
+    def add(self, row: dict, audio_s: float) -> None:
+        with self.lock:
+            self.rows[row["relative_path"]] = row
+            self.dirty = True
+            self.progress.update(row["relative_path"], audio_s)
+
+    def _loop(self) -> None:
+        written = time.time()
+        while not self.stop.wait(min(2.0, self.every)):
+            with self.lock:
+                self.progress.show(force=False)
+            if time.time() - written >= self.every:
+                self._write()
+                written = time.time()
+
+    def _write(self) -> None:
+        with self.lock:
+            if not self.dirty:
+                return
+            snapshot, self.dirty = [*self.kept.values(), *self.rows.values()], False
+        try:
+            write_manifest(self.output_uri, snapshot, self.endpoint)
+        except Exception as exc:  # a storage fault: the next write (or the final one) tries again
+            self.dirty = True
+            self.progress.log(f"[archive] the manifest could not be written: {type(exc).__name__}: {exc}")
 
 
 def _actors_started(results):
@@ -410,19 +463,32 @@ def _actors_started(results):
 
 
 class _Progress:
-    """Files done of total, hours of audio, throughput as a multiple of real time, ETA."""
+    """Files done of total, hours of audio, throughput as a multiple of real time, and an ETA from
+    the bytes left where the listing gave every size (else from the files left): counted in files,
+    an archive with its hours-long files first said 43,920 s where 1,440 s were left."""
 
-    def __init__(self, total: int, log: Callable[[str], None]):
-        self.total, self.log, self.t0, self.done, self.audio_s, self.shown = total, log, time.time(), 0, 0.0, 0.0
+    def __init__(self, todo: list[ArchiveInput], log: Callable[[str], None]):
+        self.total, self.log, self.t0, self.done, self.audio_s = len(todo), log, time.time(), 0, 0.0
+        self.sizes = {i.relative_path: i.size for i in todo}
+        self.bytes_total = sum(self.sizes.values()) if None not in self.sizes.values() else None
+        self.bytes_done, self.shown, self.last = 0, 0, 0.0
 
-    def update(self, seconds: float) -> None:
+    def update(self, relative_path: str, audio_s: float) -> None:
         self.done += 1
-        self.audio_s += seconds
+        self.audio_s += audio_s
+        self.bytes_done += self.sizes.get(relative_path) or 0
+        self.show(force=self.done == self.total)
+
+    def show(self, force: bool) -> None:
+        """The line, when a file was done since the last one and 2 s have passed (or ``force``)."""
         now = time.time()
-        if now - self.shown < 2 and self.done < self.total:
+        if self.done == self.shown or not force and now - self.last < 2:
             return
-        self.shown = now
+        self.shown, self.last = self.done, now
         el = max(1e-6, now - self.t0)
-        eta = el / self.done * (self.total - self.done)
+        if self.bytes_total and self.bytes_done:
+            eta = el / self.bytes_done * (self.bytes_total - self.bytes_done)
+        else:
+            eta = el / self.done * (self.total - self.done)
         self.log(f"[archive] {self.done}/{self.total} files, {self.audio_s / 3600:.3f} h of audio, "
                  f"{self.audio_s / el:.1f}x real time, ETA {eta:.0f} s")

@@ -112,8 +112,10 @@ def list_inputs(input_uri: str, output_uri: str | None = None, endpoint: str | N
             every = _from_tree(uri, endpoint, storage.normalize_uri(output_uri) if output_uri else None)
             found = [f for f in every if is_media_file(f[1])]
             ignored = dict(Counter(extension(rel) or "(none)" for _, rel, _ in every if not is_media_file(rel)))
-    except PermissionError as exc:  # an s3 AccessDenied, a folder this user cannot read
-        raise InputError(f"input {input_uri} cannot be listed: {exc}") from None
+    except Exception as exc:  # an s3 AccessDenied, a missing bucket, an unreachable endpoint
+        if not storage.is_storage_fault(exc) or isinstance(exc, InputError):
+            raise
+        raise InputError(f"input {input_uri} cannot be listed: {type(exc).__name__}: {exc}") from None
     bad = [rel for _, rel, _ in found if not is_media_file(rel)]
     if bad:
         raise InputError(f"{input_uri}: {len(bad)} listed file(s) have no audio or video extension, "

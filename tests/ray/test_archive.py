@@ -185,7 +185,7 @@ def test_cli_exit_codes(ray_local, checkpoint, archive, tmp_path, capsys):
     for output in (tmp_path / "a-file", tmp_path / "a-file" / "out", "/sys/clipsep-out"):  # /sys: even root may not
         assert main(["separate-archive", str(root / "a.wav"), str(output), "--checkpoint", checkpoint,
                      "--query", "dog"]) == 2
-        assert f"cannot use {output}" in capsys.readouterr().err
+        assert f"cannot use OUTPUT_URI {output}" in capsys.readouterr().err
 
 
 def test_killed_run_reruns_into_one_complete_set(ray_local, checkpoint, archive, tmp_path):

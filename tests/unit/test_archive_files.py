@@ -120,7 +120,7 @@ def test_a_previous_row_counts_only_for_the_same_input_and_these_outputs(tmp_pat
 
     def run_into(out, src: str):
         item = assign_output_dirs([(f"{tmp_path}/{src}/rec_001.wav", "rec_001.wav", None)])[0]
-        return _resume(str(out), job, [item], False, None, print)
+        return _resume(str(out), job, [item], False, None, print)[0]
 
     out = tmp_path / "out"
     (out / "rec_001").mkdir(parents=True)
@@ -143,6 +143,29 @@ def test_a_previous_row_counts_only_for_the_same_input_and_these_outputs(tmp_pat
     assert set(run_into(out, "jan")) == {"rec_001.wav"}
 
 
+def test_rows_of_inputs_outside_this_listing_are_kept_and_resigned_urls_are_the_same_input(tmp_path):
+    """An archive run in parts into one OUTPUT_URI lost the other parts' rows (and redid their model
+    work next time); a list of presigned URLs signed again (they expire) redid every input."""
+    from clipsep_ray.batch.archive import _resume, write_manifest
+    from clipsep_ray.batch.inputs import assign_output_dirs
+
+    job = {"checkpoint": "a.pt", "checkpoint_sha256": "ab12", "queries": ["dog"], "format": "flac"}
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "dog.flac").write_bytes(b"x")
+    row = {"input": "https://host/bkt/a.wav?X-Amz-Signature=aaaa", "relative_path": "a.wav", "status": "done",
+           "error": "", "duration_s": 1.0, "sample_rate": 8000, "channels": 1, "seconds": 0.1, "checkpoint": "a.pt",
+           "queries": ["dog"], "outputs": [f"{out}/a/dog.flac"]}
+    write_manifest(str(out), [row])
+    (out / "_job.json").write_text(json.dumps(job))
+    other = assign_output_dirs([(f"{tmp_path}/in/b.wav", "b.wav", None)])
+    done, kept = _resume(str(out), job, other, False, None, print)
+    assert done == {} and kept == {"a.wav": row}
+    resigned = assign_output_dirs([("https://host/bkt/a.wav?X-Amz-Signature=bbbb", "a.wav", None)])
+    done, kept = _resume(str(out), job, resigned, False, None, print)
+    assert set(done) == {"a.wav"} and kept == {}
+
+
 def test_schemes_are_case_insensitive_and_double_colons_are_names(tmp_path):
     """"FILE:///x" wrote under the current folder and "S3://b/k" into a bucket named "S3:" once the
     filesystem came from the protocol; "::" is part of a local name, not an fsspec chain."""
@@ -151,3 +174,27 @@ def test_schemes_are_case_insensitive_and_double_colons_are_names(tmp_path):
     storage.write_bytes(str(target), b"x")
     assert target.read_bytes() == b"x" and storage.exists(f"file://{target}")
     assert storage.read_bytes(f"FILE://{target}") == b"x"
+
+
+def test_finished_rows_are_recorded_and_shown_while_a_long_file_still_runs(tmp_path):
+    """The manifest and the progress line waited for the next row: rows done before an hours-long
+    file were neither written (a kill lost them) nor shown. The ETA counted files, not bytes."""
+    import time
+
+    from clipsep_ray.batch.archive import _Progress, _Recorder, read_manifest
+    from clipsep_ray.batch.inputs import ArchiveInput
+
+    todo = [ArchiveInput(f"/in/{n}.wav", f"{n}.wav", n, size) for n, size in (("big", 3000), ("a", 10), ("b", 10))]
+    lines = []
+    progress = _Progress(todo, lines.append)
+    row = {"input": "/in/big.wav", "relative_path": "big.wav", "status": "done", "error": "", "duration_s": 3600.0,
+           "sample_rate": 8000, "channels": 1, "outputs": [], "seconds": 1.0, "checkpoint": "c", "queries": ["q"]}
+    kept = {"old.wav": {**row, "input": "/in/old.wav", "relative_path": "old.wav"}}
+    with _Recorder(str(tmp_path), {}, kept, None, progress, every=0.3) as recorder:
+        progress.t0 = time.time() - 100  # 100 s spent on the first file
+        recorder.add(row, 3600.0)
+        recorder.add({**row, "input": "/in/a.wav", "relative_path": "a.wav"}, 12.0)  # within 2 s: not shown yet
+        time.sleep(2.5)  # no further row arrives
+        assert {r["relative_path"] for r in read_manifest(str(tmp_path))} == {"big.wav", "a.wav", "old.wav"}
+    assert [line.split(" files")[0] for line in lines] == ["[archive] 1/3", "[archive] 2/3"]
+    assert lines[0].endswith("ETA 1 s")  # 10 of 3020 bytes left: by files it said 200 s

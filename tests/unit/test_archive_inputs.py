@@ -70,3 +70,16 @@ def test_listings_that_cannot_give_one_row_per_input_are_refused(tmp_path):
     listing.write_text("uri\ns3://b/x.wav\ns3a://b/x.wav\n")
     with pytest.raises(InputError, match="same path 'b/x.wav'"):
         list_inputs(str(listing))
+
+
+def test_an_unreachable_endpoint_is_a_usage_error_naming_the_input(monkeypatch):
+    """botocore's EndpointConnectionError went past the CLI as a traceback (exit 1)."""
+    import pytest
+
+    from clipsep_ray.batch.inputs import InputError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries: 13 s of the test's time otherwise
+    with pytest.raises(InputError, match=r"input s3://bkt/in cannot be listed: EndpointConnectionError"):
+        list_inputs("s3://bkt/in", endpoint="http://127.0.0.1:1")
