@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=float, default=512.0, metavar="N",
                    help="U-Net features kept per replica for re-queries (default: 512)")
     p.add_argument("--token", default=None, help="bearer token the /v1 calls need (default: CLIPSEP_TOKEN, else none)")
+    p.add_argument("--allow-uri", action="append", default=[], metavar="PREFIX",
+                   help="an object-storage prefix /v1/separate-uri may read from and write to, e.g. s3://bucket/jobs/ "
+                        "(repeatable; none: that endpoint is off)")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per model replica (default: 1)")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model replica (default: 0)")
     options.add_device(p)
@@ -54,7 +57,7 @@ def app_args(args: argparse.Namespace) -> dict:
             "max_batch_size": args.max_batch_size,
             "batch_wait_s": args.batch_wait_s, "max_upload_mb": args.max_upload_mb, "max_seconds": args.max_seconds,
             "max_queued_requests": args.max_queued_requests, "cache_mb": args.cache_mb,
-            "num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
+            "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "allow_uris": list(args.allow_uri)}
 
 
 def run(args: argparse.Namespace) -> int:

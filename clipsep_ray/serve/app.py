@@ -8,7 +8,8 @@ replica reserved one);
 ``max_replicas``); ``num_cpus`` / ``num_gpus`` per model replica; ``ingress_replicas`` (the HTTP
 side: reading, decoding and encoding audio, in Python, one core at most each; a GPU replica
 answers faster than one ingress feeds it) and ``ingress_cpus``;
-``max_ongoing_requests`` (default: twice the batch size, at least 8); ``temp_dir``.
+``max_ongoing_requests`` (default: twice the batch size, at least 8); ``temp_dir``; ``allow_uris`` (the
+object-storage prefixes separate-uri may read and write, a list or comma-separated; none: it is off).
 The bearer token comes from the ``CLIPSEP_TOKEN`` environment variable only: a token in
 the args (hence in a config file) is refused. A deployment's options in a Serve config
 file (``deployments:``) take precedence over these.
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import os
 
-from clipsep_ray.serve.limits import Limits
+from clipsep_ray.serve.limits import Limits, uri_prefixes
 
 APP_NAME = "clipsep"
 OPTIONS = {"checkpoint", "device", "replicas", "min_replicas", "max_replicas", "num_cpus", "num_gpus",
-           "ingress_replicas", "ingress_cpus", "max_ongoing_requests", "temp_dir"}
+           "ingress_replicas", "ingress_cpus", "max_ongoing_requests", "temp_dir", "allow_uris"}
 
 
 def deployment_options(args: dict, limits: Limits) -> dict:
@@ -68,4 +69,5 @@ def build_app(args: dict):
     ingress = ClipSepIngress.options(name="ClipSepIngress", max_ongoing_requests=256, num_replicas=ingress_replicas,
                                      ray_actor_options={"num_cpus": float(args.get("ingress_cpus", 0.5))})
     model = model.bind(args["checkpoint"], args.get("device", "auto"), limits.as_dict(), args.get("temp_dir"))
-    return ingress.bind(model, limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"))
+    return ingress.bind(model, limits.as_dict(), os.environ.get("CLIPSEP_TOKEN") or None, args.get("temp_dir"),
+                        uri_prefixes(args.get("allow_uris")))

@@ -10,8 +10,10 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoints' ann
 import asyncio
 import hmac
 import io
+import logging
 import os
 import time
+import uuid
 import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
@@ -24,9 +26,10 @@ from pydantic import BaseModel
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsep_ray.serve.limits import (ApiError, Limits, TempArea, check_bool, check_format, check_query_list, read_form,
-                                     read_json)
-from clipsep_ray.storage import OBJECT_STORE_PROTOCOLS, is_object_store_uri
+from clipsep_ray.serve.limits import (ApiError, Limits, TempArea, check_bool, check_format, check_query_list,
+                                     check_uri_job, read_form, read_json, uri_prefixes)
+
+logger = logging.getLogger("ray.serve")  # Serve writes it to the replica's log file
 
 STATIC = files("clipsep_ray.serve") / "static"
 PAGES = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
@@ -76,7 +79,12 @@ async def _http_error(_request, exc: StarletteHTTPException):
 
 @app.exception_handler(Exception)
 async def _unexpected(_request, exc: Exception):
-    return JSONResponse(ApiError(500, "internal", f"{type(exc).__name__}: {exc}").body(), status_code=500)
+    """A fault of the service: logged with its traceback under an id the answer gives, which holds
+    no more (a replica's error text holds its traceback, paths and address)."""
+    incident = uuid.uuid4().hex[:12]
+    logger.error("internal error %s", incident, exc_info=exc)
+    return JSONResponse(ApiError(500, "internal", f"internal error {incident} ({type(exc).__name__}): the "
+                                                  "server's log has the details").body(), status_code=500)
 
 
 def _version() -> str:
@@ -124,8 +132,10 @@ async def _parse(request: Request, model):
 @serve.deployment
 @serve.ingress(app)
 class ClipSepIngress:
-    def __init__(self, model, limits: dict | None = None, token: str | None = None, temp_dir: str | None = None):
+    def __init__(self, model, limits: dict | None = None, token: str | None = None, temp_dir: str | None = None,
+                 allow_uris: list[str] | None = None):
         self.model = model
+        self.allow_uris = uri_prefixes(allow_uris)
         self.limits = Limits.from_args(limits or {})
         self.token = token or os.environ.get("CLIPSEP_TOKEN") or None
         self.area = TempArea(temp_dir, int(self.limits.temp_mb * 2**20))
@@ -239,7 +249,7 @@ class ClipSepIngress:
                 raise ApiError(422, "no_file", "the form has no 'file' part")
             t0 = time.perf_counter()
             wave, sr = await asyncio.to_thread(self.decode, path)
-            os.remove(path)
+            self.area.remove(folder)  # now: its reservation made other uploads 503 while the model worked
             t1 = time.perf_counter()
             result = await self.call("separate", wave, sr, queries)
             self.model_error(result)
@@ -279,10 +289,7 @@ class ClipSepIngress:
         body = await _parse(request, UriJob)
         queries = check_query_list(body.queries)
         fmt = check_format(body.format)
-        bad = [u for u in (body.input, body.output) if not is_object_store_uri(u)]
-        if bad:  # never this host's files (local://, file://) nor other hosts (http://), nor fsspec chains
-            raise ApiError(422, "bad_uri", f"{bad[0]!r} is not an object-storage URI: input and output must be "
-                                           f"{', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
+        check_uri_job(body.input, body.output, self.allow_uris)
         result = await self.call("separate_uri", body.input, body.output, queries, fmt)
         self.model_error(result)
         return {"outputs": result["outputs"]}
@@ -294,8 +301,10 @@ class ClipSepIngress:
             await self.call("healthy")
         except ApiError as exc:
             return JSONResponse(exc.body(), status_code=503, headers=exc.headers)
-        except Exception as exc:  # a replica whose model fails the probe
-            return JSONResponse(ApiError(503, "unhealthy", str(exc)).body(), status_code=503)
+        except Exception as exc:  # a replica whose model fails the probe: its reason in the log, not to anyone
+            logger.error("health probe failed", exc_info=exc)
+            return JSONResponse(ApiError(503, "unhealthy", f"the model failed its probe ({type(exc).__name__})"
+                                         ).body(), status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/info")
@@ -303,7 +312,8 @@ class ClipSepIngress:
         """Model, sample rate, limits, version and the batching counters of one model replica."""
         self.authorize(request)
         model = await self.call("info")
-        return {**model, "version": _version(), "limits": self.limits.as_dict(), "auth": self.token is not None}
+        return {**model, "version": _version(), "limits": self.limits.as_dict(), "auth": self.token is not None,
+                "allow_uris": self.allow_uris}
 
     # -- the web page ----------------------------------------------------------------------
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -59,6 +59,50 @@ class Limits:
         return asdict(self)
 
 
+def uri_prefixes(value) -> list[str]:
+    """The ``allow_uris`` arg (a list, or one comma-separated string) as checked prefixes."""
+    from clipsep_ray.storage import is_object_store_uri, normalize_uri
+
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    out = []
+    for item in (str(i).strip() for i in items):
+        uri = normalize_uri(item)
+        if not is_object_store_uri(uri) or "?" in uri or "#" in uri:
+            raise ValueError(f"allow_uris: {item!r} is not an object-storage prefix such as s3://bucket/jobs/")
+        out.append(uri)
+    return out
+
+
+def check_uri_job(source: str, dest: str, allowed: list[str]) -> None:
+    """separate-uri's input and output: object-storage URIs under a prefix this server was started
+    with (``allow_uris``), else a 403 (none given: separate-uri is off). Without it, anyone who could
+    reach the API read any recording the service's credentials reach (the stems sum to the input)
+    and overwrote any object they could write."""
+    from clipsep_ray.storage import OBJECT_STORE_PROTOCOLS, is_object_store_uri, normalize_uri
+
+    if not allowed:
+        raise ApiError(403, "uri_jobs_disabled", "separate-uri is off: this server was started without object-"
+                                                 "storage prefixes it may read and write (--allow-uri)")
+    for role, uri in (("input", source), ("output", dest)):
+        if not is_object_store_uri(uri):  # never this host's files (file://), other hosts (http://), fsspec chains
+            raise ApiError(422, "bad_uri", f"{role} {uri!r} is not an object-storage URI: input and output must "
+                                           f"be {', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
+        if "?" in uri or "#" in uri or {".", ".."} & set(uri.split("://", 1)[1].split("/")):
+            raise ApiError(422, "bad_uri", f"{role} {uri!r} has '?', '#', '.' or '..' in it: give the object's "
+                                           "plain name")  # an output's '?versionId=' put every stem in one key
+        if not any(_under(normalize_uri(uri), p) for p in allowed):
+            raise ApiError(403, "uri_not_allowed", f"{role} {uri!r} is not under a prefix this server may use "
+                                                   "(GET /v1/info lists them)")
+
+
+def _under(uri: str, prefix: str) -> bool:
+    def plain(u: str) -> str:  # s3a:// names the same objects as s3://
+        return "s3://" + u[len("s3a://"):] if u.startswith("s3a://") else u
+
+    uri, prefix = plain(uri), plain(prefix)
+    return uri.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
 def check_query_list(queries) -> list[str]:
     """1 to 8 distinct, non-empty text queries of at most 200 characters, else a 422."""
     from clipsep_ray.separate import RESIDUAL, output_files
@@ -104,6 +148,19 @@ def check_bool(name: str, value, default: bool = True) -> bool:
     if text in ("false", "0", "no", "off"):
         return False
     raise ApiError(422, f"bad_{name}", f"{name} must be true or false, not {value!r}")
+
+
+def _with_extension(path: str, client_name: bytes | None) -> str:
+    """The upload's temporary file renamed to carry the client's file extension when it is one the
+    decoder knows: the decoder is chosen by it, and an extensionless MP3 went to libsndfile, which
+    stops a joined MP3 at its first part's length (FFmpeg decodes it whole)."""
+    from clipsep_ray.audio.io import extension, is_media_file
+
+    ext = extension((client_name or b"").decode("utf-8", "replace"))
+    if not ext or not is_media_file("x" + ext):
+        return path
+    os.rename(path, path + ext)
+    return path + ext
 
 
 class TempArea:
@@ -194,7 +251,7 @@ async def read_form(request, area: TempArea, max_bytes: int) -> tuple[dict[str, 
     def on_file(f) -> None:
         f.flush_to_disk()
         f.file_object.flush()
-        files[f.field_name.decode("utf-8", "replace")] = f.actual_file_name.decode()
+        files[f.field_name.decode("utf-8", "replace")] = _with_extension(f.actual_file_name.decode(), f.file_name)
 
     seen = 0
     try:  # the parser too: it refuses a boundary over 256 bytes in its constructor

@@ -28,6 +28,7 @@ from ray import serve
 
 from clipsep_ray.audio.io import RateError, to_pcm16
 from clipsep_ray.models.query import QueryError
+from clipsep_ray.separate import Analysis
 from clipsep_ray.serve.cache import ByteLRU
 from clipsep_ray.serve.limits import ApiError, Limits, TempArea
 
@@ -43,12 +44,15 @@ def pcm16_stems(stems) -> dict[str, np.ndarray]:
 
 
 def check_servable(sep, checkpoint: str) -> None:
-    """A ValueError for a model with fixed outputs (PIT): its stems are never the queries, so every
-    request would fail after the U-Net while /healthz said 200."""
+    """A ValueError for a model that takes no text queries: one with fixed outputs (PIT), whose stems
+    are never the queries (every request failed after the U-Net while /healthz said 200), or LabelSep."""
     fixed = sep.model.output_names()
     if fixed is not None:
         raise ValueError(f"{checkpoint} separates fixed sources ({', '.join(fixed)}), not queries: the service "
                          "answers text queries; serve a CLIPSep checkpoint")
+    if not sep.model.text_queries:  # LabelSep: its replicas failed their first health check
+        raise ValueError(f"{checkpoint} is a {type(sep.model).__name__} model, queried by label ids, not text: the "
+                         "service answers text queries; serve a CLIPSep checkpoint")
 
 
 def _timing(t0: float, t1: float) -> dict[str, float]:
@@ -71,6 +75,29 @@ def _reserved_gpus() -> list:
         return list(ray.get_gpu_ids()) if ray.is_initialized() else []
     except Exception:
         return []
+
+
+class Keeper:
+    """An analysis's batches as they stream through the synthesis, held while they fit ``max_bytes``
+    (what the re-query cache can hold), else dropped as they pass: an upload too long to be cached
+    was held whole all the same (990 MB for 10 minutes at 48 kHz, per concurrent request)."""
+
+    def __init__(self, batches, max_bytes: int):
+        self.batches, self.max_bytes, self.held, self.size = batches, max_bytes, [], 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            if self.held is not None:
+                self.size += batch.nbytes
+                if self.size <= self.max_bytes:
+                    self.held.append(batch)
+                else:
+                    self.held = None
+            yield batch
+
+    def kept(self, analysis: Analysis) -> Analysis | None:
+        """The kept analysis for re-queries, or None when it outgrew ``max_bytes``."""
+        return None if self.held is None else Analysis(analysis.wave, analysis.sample_rate, self.held)
 
 
 class ClipSepModel:
@@ -124,11 +151,30 @@ class ClipSepModel:
         c["max_batch_windows"] = max(c["max_batch_windows"], sum(sizes))
         return [f.clone() for f in feats.split(sizes)]  # a view would keep the whole batch alive
 
-    def _batched_hook(self, loop: asyncio.AbstractEventLoop):
-        """A features function for a worker thread: sends each group of windows to the batch."""
+    def _batched_hook(self, loop: asyncio.AbstractEventLoop, stop: threading.Event | None = None):
+        """A features function for a worker thread: sends each group of windows to the batch, or,
+        once ``stop`` is set (the client went away), ends the work with ``Stopped``."""
+        from clipsep_ray.separate import Stopped
+
         def features(log_mag: torch.Tensor) -> torch.Tensor:
+            if stop is not None and stop.is_set():
+                raise Stopped("the request was cancelled")
             return asyncio.run_coroutine_threadsafe(self.features_batch(log_mag), loop).result()
         return features
+
+    @staticmethod
+    async def _until_cancelled(work) -> dict:
+        """Await ``work(stop)``. When the client goes away Serve cancels the handler, but a worker
+        thread cannot be cancelled: the work is shielded and told to stop at its next group of
+        windows (``stop``), and frees what it holds when it has ended, not while it still runs. A
+        10-minute upload's work ran on for 318 of its 782 windows after its client left."""
+        stop = threading.Event()
+        task = asyncio.ensure_future(work(stop))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def _in_thread(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self._request_pool,
@@ -149,17 +195,29 @@ class ClipSepModel:
     # -- requests --------------------------------------------------------------------------
     async def separate(self, wave: np.ndarray, sample_rate: int, queries: list[str]) -> dict:
         """Mono input at its own rate -> {"id", "stems": {name: (T,) int16}, "timing"} or {"error"}."""
-        hook = self._batched_hook(asyncio.get_running_loop())
+        return await self._until_cancelled(lambda stop: self._separate_upload(wave, sample_rate, queries, stop))
+
+    async def _separate_upload(self, wave: np.ndarray, sample_rate: int, queries: list[str],
+                               stop: threading.Event) -> dict:
+        from clipsep_ray.separate import Stopped
+
+        hook = self._batched_hook(asyncio.get_running_loop(), stop)
         wave = np.array(wave, np.float32)  # a copy: the argument is a read-only view of Ray's object store
+
+        def analysed():  # kept only as far as the cache could hold it
+            analysis = self.sep.analyse(wave, sample_rate, hook)
+            return Analysis(analysis.wave, analysis.sample_rate, Keeper(analysis.batches, self.cache.max_bytes))
+
         try:
-            result, timing, analysis = await self._in_thread(
-                self._separate, queries, lambda: self.sep.analyse(wave, sample_rate, hook).kept())
+            result, timing, analysis = await self._in_thread(self._separate, queries, analysed)
         except QueryError as exc:
             return {"error": str(exc)}
         except RateError as exc:  # a rate the resampler cannot take (decoded fine: not the decoder's)
             return {"error": str(exc), "status": 400, "code": "unsupported_sample_rate"}
+        except Stopped:
+            return {"error": "the request was cancelled", "status": 499, "code": "cancelled"}  # nobody reads it
         upload_id = f"{self.tag}.{uuid.uuid4().hex}"
-        if self.cache.put(upload_id, analysis, analysis.nbytes):
+        if analysis is not None and self.cache.put(upload_id, analysis, analysis.nbytes):
             await self.hold(upload_id)
         return {"id": upload_id, "stems": result, "timing": timing}
 
@@ -184,6 +242,8 @@ class ClipSepModel:
         t1 = time.perf_counter()
         analysis = analysed()
         stems = pcm16_stems(self.sep.synthesise(analysis, None, projected))
+        if isinstance(analysis.batches, Keeper):
+            analysis = analysis.batches.kept(analysis)
         return stems, _timing(t0, t1), analysis
 
     async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
@@ -192,16 +252,7 @@ class ClipSepModel:
         The outputs' local copies (each is uploaded whole when complete) go to a request folder of
         the replica's bounded temporary area, with their 16-bit size reserved first: the input's
         length, or ``max_seconds`` of it when its header does not say (and decoding stops there)."""
-        # When the client goes away Serve cancels this handler, but a worker thread cannot be
-        # cancelled: the work is shielded and told to stop at its next block, and its folder and
-        # reservation are freed when it has ended, not while it still writes.
-        stop = threading.Event()
-        work = asyncio.ensure_future(self._separate_uri(source, dest, queries, fmt, stop))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            stop.set()
-            raise
+        return await self._until_cancelled(lambda stop: self._separate_uri(source, dest, queries, fmt, stop))
 
     async def _separate_uri(self, source: str, dest: str, queries: list[str], fmt: str,
                             stop: threading.Event) -> dict:

@@ -35,7 +35,13 @@ def _wav(wave: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_checkpoint, tmp_path_factory):
+def jobs_bucket(s3_server):
+    """The bucket whose in/ and out/ prefixes the "clipsep" and "long" apps' separate-uri may use."""
+    return s3_server.make_bucket("jobs")
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_checkpoint, tmp_path_factory, jobs_bucket):
     from ray import serve
 
     from clipsep_ray.serve.app import build_app
@@ -45,7 +51,8 @@ def server(ray_local, tiny_checkpoint, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.25, "ingress_cpus": 0.1}
     serve.run(build_app({**common, "max_upload_mb": 8, "max_seconds": 120, "max_batch_size": 16,
-                         "batch_wait_s": 0.2, "temp_dir": str(temp)}),
+                         "batch_wait_s": 0.2, "temp_dir": str(temp),
+                         "allow_uris": [f"s3://{jobs_bucket}/in/", f"s3a://{jobs_bucket}/out"]}),
               name="clipsep", route_prefix="/")
     os.environ["CLIPSEP_TOKEN"] = TOKEN  # read by build_app for the second application only
     try:
@@ -317,6 +324,9 @@ def test_token_and_full_queue(server):
     _error(client.get("/tight/v1/info"), 401)
     for path, body in (("/tight/v1/separations/x", b'{"queries": ["dog"]}'), ("/tight/v1/separate-uri", b"not json")):
         _error(client.post(path, content=body, headers={"content-type": "application/json"}), 401)  # before the body
+    job = {"input": "s3://b/in.wav", "output": "s3://b/out", "queries": ["dog"]}
+    _error(client.post("/tight/v1/separate-uri", json=job, headers={"Authorization": f"Bearer {TOKEN}".encode("utf-8")}),
+           403, "uri_jobs_disabled")  # started without --allow-uri
     assert client.get("/tight/healthz").status_code == 200  # probes need no token
     auth = {"Authorization": f"Bearer {TOKEN}".encode("utf-8")}
     with ThreadPoolExecutor(8) as pool:
@@ -328,30 +338,48 @@ def test_token_and_full_queue(server):
     assert busy.headers["retry-after"] and busy.json()["error"]["code"] == "busy"
 
 
-def test_separate_uri(server, s3_server, s3_bucket, tmp_path):
+def test_separate_uri(server, s3_server, jobs_bucket, s3_bucket, tmp_path):
+    """Also: only under the prefixes the server was started with (before, any bucket and key the
+    service's credentials reach could be copied out or overwritten), and no '?' in a name (an
+    output's '?versionId=' put every stem in one key)."""
     client, _ = server
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/song.wav", Body=_wav(_tone(16000, 1.0), 16000))
+    for job, code in (({"input": f"s3://{s3_bucket}/in/song.wav", "output": f"s3://{jobs_bucket}/out/a"},
+                       "uri_not_allowed"),
+                      ({"input": f"s3://{jobs_bucket}/in/song.wav", "output": f"s3://{s3_bucket}/loot"},
+                       "uri_not_allowed"),
+                      ({"input": f"s3://{jobs_bucket}/in/song.wav", "output": f"s3://{jobs_bucket}/outer/a"},
+                       "uri_not_allowed"),
+                      ({"input": f"s3://{jobs_bucket}/in/song.wav", "output": f"s3://{jobs_bucket}/out/o8?versionId=a"},
+                       "bad_uri"),
+                      ({"input": f"s3://{jobs_bucket}/in/../secret/song.wav", "output": f"s3://{jobs_bucket}/out/b"},
+                       "bad_uri")):
+        _error(client.post("/v1/separate-uri", json={**job, "queries": ["dog"]}),
+               422 if code == "bad_uri" else 403, code)
+    assert not s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="loot").get("KeyCount")
+    assert client.get("/v1/info").json()["allow_uris"] == [f"s3://{jobs_bucket}/in/", f"s3a://{jobs_bucket}/out"]
     wave = _tone(16000, 3.0, seed=11)
-    s3_server.client().put_object(Bucket=s3_bucket, Key="in/song.wav", Body=_wav(wave, 16000))
-    resp = client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav",
-                                                  "output": f"s3://{s3_bucket}/out/song", "queries": ["dog"]})
+    s3_server.client().put_object(Bucket=jobs_bucket, Key="in/song.wav", Body=_wav(wave, 16000))
+    resp = client.post("/v1/separate-uri", json={"input": f"s3://{jobs_bucket}/in/song.wav",
+                                                  "output": f"s3://{jobs_bucket}/out/song", "queries": ["dog"]})
     assert resp.status_code == 200, resp.text
     outputs = resp.json()["outputs"]
     assert set(outputs) == {"dog", "residual"}
-    body = s3_server.client().get_object(Bucket=s3_bucket, Key="out/song/dog.wav")["Body"].read()
+    body = s3_server.client().get_object(Bucket=jobs_bucket, Key="out/song/dog.wav")["Body"].read()
     stem, sr = sf.read(io.BytesIO(body), dtype="float32")
     assert sr == 16000 and stem.shape == wave.shape
-    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/none.wav",
-                                                  "output": f"s3://{s3_bucket}/out/x", "queries": ["dog"]}), 400)
-    s3_server.client().put_object(Bucket=s3_bucket, Key="in/long.wav", Body=_wav(_tone(8000, 125.0), 8000))
-    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/long.wav",  # max_seconds 120
-                                                  "output": f"s3://{s3_bucket}/out/long", "queries": ["dog"]}),
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{jobs_bucket}/in/none.wav",
+                                                  "output": f"s3://{jobs_bucket}/out/x", "queries": ["dog"]}), 400)
+    s3_server.client().put_object(Bucket=jobs_bucket, Key="in/long.wav", Body=_wav(_tone(8000, 125.0), 8000))
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{jobs_bucket}/in/long.wav",  # max_seconds 120
+                                                  "output": f"s3://{jobs_bucket}/out/long", "queries": ["dog"]}),
            413, "audio_too_long")
     assert client.get("/v1/info").json()["temp"]["used_bytes"] == 0  # the outputs' local copies are gone
     for uri in ("/etc/passwd", "local:///etc/passwd", "FILE:///etc/passwd", "simplecache::s3://b/k", "S3://b/k",
                 "http://169.254.169.254/latest", "memory://x"):  # never this host's files nor other hosts
-        _error(client.post("/v1/separate-uri", json={"input": uri, "output": f"s3://{s3_bucket}/out/y",
+        _error(client.post("/v1/separate-uri", json={"input": uri, "output": f"s3://{jobs_bucket}/out/y",
                                                       "queries": ["dog"]}), 422, "bad_uri")
-    _error(client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/song.wav", "output": "local:///tmp/x",
+    _error(client.post("/v1/separate-uri", json={"input": f"s3://{jobs_bucket}/in/song.wav", "output": "local:///tmp/x",
                                                   "queries": ["dog"]}), 422, "bad_uri")
     _error(client.post("/v1/separate-uri", json={"input": 3}), 422, "bad_request")
     from clipsep_ray.audio.io import load_audio
@@ -359,29 +387,32 @@ def test_separate_uri(server, s3_server, s3_bucket, tmp_path):
 
     # A container whose length is only declared (PyAV): its area is its declared length plus slack
     write_mp4(tmp_path / "clip.mp4", [np.zeros((32, 32, 3), np.uint8)] * 2, 1, _tone(16000, 2.0), 16000)
-    s3_server.client().put_object(Bucket=s3_bucket, Key="in/clip.mp4", Body=(tmp_path / "clip.mp4").read_bytes())
-    resp = client.post("/v1/separate-uri", json={"input": f"s3://{s3_bucket}/in/clip.mp4",
-                                                  "output": f"s3://{s3_bucket}/out/clip", "queries": ["dog"]})
+    s3_server.client().put_object(Bucket=jobs_bucket, Key="in/clip.mp4", Body=(tmp_path / "clip.mp4").read_bytes())
+    resp = client.post("/v1/separate-uri", json={"input": f"s3://{jobs_bucket}/in/clip.mp4",
+                                                  "output": f"s3://{jobs_bucket}/out/clip", "queries": ["dog"]})
     assert resp.status_code == 200, resp.text
     stem, sr = load_audio(resp.json()["outputs"]["dog"])
     assert sr == 16000 and len(stem) == len(load_audio(str(tmp_path / "clip.mp4"))[0])
 
 
-def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_bucket, tiny_checkpoint, tmp_path):
+def test_work_stops_when_its_client_goes_away(server, s3_server, jobs_bucket, tiny_checkpoint, tmp_path):
     """A client that leaves a long separate-uri: the replica stops at its next block and frees its
     temporary area, and nothing is written to the output prefix (had it run on, its outputs would
-    be uploaded before the area is freed)."""
+    be uploaded before the area is freed). One that leaves /v1/separate: the U-Net stops at its next
+    group of windows (it ran on for 318 of 782). An upload too long for the re-query cache
+    (cache_mb 1 here) is answered without being held whole, and its re-query is a 404."""
     from ray import serve
 
     from clipsep_ray.serve.app import build_app
 
     client, _ = server
-    s3_server.client().put_object(Bucket=s3_bucket, Key="in/hour.wav", Body=_wav(_tone(8000, 3600.0, seed=12), 8000))
+    s3_server.client().put_object(Bucket=jobs_bucket, Key="in/hour.wav", Body=_wav(_tone(8000, 3600.0, seed=12), 8000))
     serve.run(build_app({"checkpoint": tiny_checkpoint, "device": "cpu", "num_cpus": 0.25, "ingress_cpus": 0.1,
-                         "max_seconds": 7200, "temp_dir": str(tmp_path), "temp_mb": 200}),
+                         "max_seconds": 7200, "temp_dir": str(tmp_path), "temp_mb": 200,
+                         "allow_uris": f"s3://{jobs_bucket}/in,s3://{jobs_bucket}/out", "cache_mb": 1}),
               name="long", route_prefix="/long")
     try:
-        job = {"input": f"s3://{s3_bucket}/in/hour.wav", "output": f"s3://{s3_bucket}/out/hour", "queries": ["dog"]}
+        job = {"input": f"s3://{jobs_bucket}/in/hour.wav", "output": f"s3://{jobs_bucket}/out/hour", "queries": ["dog"]}
         t0 = time.time()
         with pytest.raises(httpx.ReadTimeout):
             client.post("/long/v1/separate-uri", json=job, timeout=3.0)
@@ -392,16 +423,34 @@ def test_separate_uri_stops_when_its_client_goes_away(server, s3_server, s3_buck
         freed = time.time() - t0
         assert used[0] > 0, "the work had ended before the client left: the test proves nothing"
         assert used[-1] == 0, "the temporary area was never freed"
-        listed = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="out/hour").get("KeyCount", 0)
+        listed = s3_server.client().list_objects_v2(Bucket=jobs_bucket, Prefix="out/hour").get("KeyCount", 0)
         assert listed == 0, "the separation ran on after its client left"
         print(f"[separate-uri] client left at 3 s, area freed at {freed:.1f} s")
         # the replica still answers: the stop ended one request, not the replica
-        assert client.post("/long/v1/separate-uri", json={**job, "input": f"s3://{s3_bucket}/in/none.wav"}
+        assert client.post("/long/v1/separate-uri", json={**job, "input": f"s3://{jobs_bucket}/in/none.wav"}
                            ).status_code == 400
         # 9 outputs of an hour at 8 kHz (494 MiB) can never fit the 200 MB area: a 413, not a 503 to retry for ever
         msg = _error(client.post("/long/v1/separate-uri", json={**job, "queries": [f"q{i}" for i in range(8)]}),
                      413, "too_large_for_temp_area")
         assert "needs 494 MB of temporary space; the server's area holds 200 MB" in msg
+
+        def windows() -> int:
+            return client.get("/long/v1/info").json()["batching"]["windows"]
+
+        data, before = _wav(_tone(8000, 1200.0, seed=13), 8000), windows()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/long/v1/separate", files={"file": ("in.wav", data)}, data={"query": ["dog"]}, timeout=2.0)
+        seen = [windows()]
+        while len(seen) < 2 or seen[-1] != seen[-2]:
+            time.sleep(1.0)
+            seen.append(windows())
+        resp = _separate(client, data, ["dog"], path="/long/v1/separate")
+        assert resp.status_code == 200, resp.text
+        whole, left = windows() - seen[-1], seen[-1] - before
+        print(f"[separate] client left at 2 s: {left} of {whole} windows were run")
+        assert 0 < left < 0.8 * whole, "the work ran on after its client left"
+        _error(client.post(f"/long/v1/separations/{resp.headers['x-separation-id']}", json={"queries": ["cat"]}),
+               404, "unknown_separation")
     finally:
         serve.delete("long")
 

@@ -86,3 +86,93 @@ def test_limits_and_checks():
     assert check_format(None) == "wav" and check_bool("residual", "false") is False
     with pytest.raises(ApiError):
         check_format("ogg")
+
+
+def test_separate_uri_only_under_the_prefixes_the_server_was_started_with():
+    from clipsep_ray.serve.limits import ApiError, check_uri_job, uri_prefixes
+
+    allowed = uri_prefixes("s3://jobs/in/, S3A://jobs/out")
+    assert allowed == ["s3://jobs/in/", "s3a://jobs/out"]
+
+    def code(src: str, dest: str, prefixes=allowed) -> str | None:
+        try:
+            check_uri_job(src, dest, prefixes)
+        except ApiError as exc:
+            return f"{exc.status} {exc.code}"
+        return None
+
+    assert code("s3://jobs/in/a.wav", "s3://jobs/out/a") is None
+    assert code("s3a://jobs/in/a.wav", "s3://jobs/out/deeper/a") is None  # s3a:// is s3://
+    assert code("s3://jobs/in/a.wav", "s3://jobs/out/a", []) == "403 uri_jobs_disabled"
+    assert code("s3://private/call.wav", "s3://jobs/out/a") == "403 uri_not_allowed"
+    assert code("s3://jobs/in/a.wav", "s3://jobs/outer/a") == "403 uri_not_allowed"  # a prefix ends at a '/'
+    assert code("s3://jobs/in/a.wav", "s3://jobs/out/o8?versionId=a") == "422 bad_uri"
+    assert code("s3://jobs/in/../x.wav", "s3://jobs/out/a") == "422 bad_uri"
+    assert code("file:///etc/passwd", "s3://jobs/out/a") == "422 bad_uri"
+    for bad in ("/tmp/x", "s3://jobs/in?x=1", "http://host/x"):
+        with pytest.raises(ValueError, match="allow_uris"):
+            uri_prefixes([bad])
+
+
+def test_uploads_keep_a_known_extension_for_the_decoder(tmp_path):
+    """An extensionless MP3 went to libsndfile, which stops a joined MP3 at its first part."""
+    from clipsep_ray.serve.limits import _with_extension
+
+    for client_name, suffix in ((b"song.MP3", ".mp3"), (b"clip.mp4", ".mp4"), (b"evil.exe", ""), (b"noext", ""),
+                                (None, ""), (b"a.wav/../x", "")):
+        path = tmp_path / f"tmp{len(suffix)}{client_name!r:.4}"
+        path.write_bytes(b"x")
+        got = _with_extension(str(path), client_name)
+        assert got == str(path) + suffix and os.path.exists(got)
+
+
+def test_models_without_text_queries_are_refused_at_start():
+    from types import SimpleNamespace
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.registry import build_model
+    from clipsep_ray.serve.model import check_servable
+
+    for arch, named in (("labelsep", "LabelSep model, queried by label ids"), ("pit", "fixed sources")):
+        model = build_model(load_config("tiny", [f"model.arch={arch}", "model.num_labels=3"]).model)
+        with pytest.raises(ValueError, match=named):
+            check_servable(SimpleNamespace(model=model), "m.pt")
+
+
+def test_an_internal_error_answers_an_id_not_its_text():
+    import asyncio
+    import json
+
+    from clipsep_ray.serve.ingress import _unexpected
+
+    resp = asyncio.run(_unexpected(None, RuntimeError("Traceback ... /home/svc/secret.py, 10.0.0.7")))
+    body = json.loads(resp.body)["error"]
+    assert resp.status_code == 500 and body["code"] == "internal" and "secret" not in body["message"]
+    assert body["message"].startswith("internal error ") and "RuntimeError" in body["message"]
+
+
+def test_an_analysis_is_kept_for_re_queries_only_while_it_fits_the_cache():
+    """Keeper holds the batches as they stream through the synthesis; past the cache's size it holds
+    none (an upload too long to be cached was held whole all the same: 990 MB for 10 minutes)."""
+    import numpy as np
+    import torch
+
+    from clipsep_ray.config import load_config
+    from clipsep_ray.models.registry import build_model
+    from clipsep_ray.separate import Analysis, Separator
+    from clipsep_ray.serve.model import Keeper
+
+    cfg = load_config("tiny", ["model.num_masks=4", "inference.precision=fp32"])
+    sep = Separator(build_model(cfg.model), cfg, device="cpu")
+    wave = np.random.default_rng(0).standard_normal(8000 * 6).astype(np.float32) * 0.1
+    emb = torch.randn(1, cfg.model.embed_dim)
+    whole = sep.analyse(wave, 8000).kept()
+    for max_bytes, kept in ((whole.nbytes, True), (whole.nbytes // 3, False)):
+        lazy = sep.analyse(wave, 8000)
+        analysis = Analysis(lazy.wave, lazy.sample_rate, Keeper(lazy.batches, max_bytes))
+        stems = sep.synthesise(analysis, emb)
+        np.testing.assert_allclose(stems["residual"], sep.synthesise(whole, emb)["residual"], atol=1e-6)
+        got = analysis.batches.kept(analysis)
+        assert (got is not None) == kept
+        if kept:
+            assert got.nbytes == whole.nbytes
