@@ -381,7 +381,7 @@ class Separator:
         set (from another thread), ends the work at the next block with ``Stopped``, nothing written.
         """
         from clipsep_ray.audio.io import (AudioReader, StreamingAudioWriter, StreamingResampler, TooLongError,
-                                          close_writers, extension)
+                                          close_writers, extension, output_subtype)
 
         names, proj = projected or self.projections(queries)
         model_sr = self.cfg.audio.sample_rate
@@ -412,7 +412,7 @@ class Separator:
 
             try:
                 for n, p in files.items():
-                    writers[n] = StreamingAudioWriter(p, sr, temp_dir=temp_dir)
+                    writers[n] = StreamingAudioWriter(p, sr, subtype=output_subtype(reader.depth, p), temp_dir=temp_dir)
                 stems = StemAssembler(names, writers)
                 for chunk in separate_stream(self.model, self.frontend, model_blocks(), proj,
                                              self.cfg.inference, self.device, features):

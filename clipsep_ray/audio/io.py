@@ -104,6 +104,37 @@ _DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 _UNKNOWN_LENGTHS = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # streamed WAVs that never wrote their length
 
 
+#: A source's precision (``AudioReader.depth``): "16" for 16-bit or coarser PCM and every lossy
+#: codec, "24"/"32" for deeper integer PCM, "float" for float samples (which may pass full scale).
+_SF_DEPTH = {"PCM_24": "24", "PCM_32": "32", "FLOAT": "float", "DOUBLE": "float"}
+_LOSSLESS_CODECS = ("flac", "alac", "wavpack", "tta", "ape", "mlp", "truehd")
+
+
+def _av_depth(cc) -> str:
+    if not (cc.name.startswith("pcm_") or cc.name in _LOSSLESS_CODECS):
+        return "16"  # a lossy codec: its decoder's float output holds no more than the codec kept
+    if cc.name.startswith("pcm_f"):
+        return "float"
+    bits = int(getattr(cc, "bits_per_raw_sample", 0) or 0) or 8 * int(getattr(cc.format, "bytes", 2) or 2)
+    return "16" if bits <= 16 else "24" if bits <= 24 else "32"
+
+
+def output_subtype(depth: str, dest: str) -> str | None:
+    """The sample format of an output file ``dest`` for a source of precision ``depth``
+    (:attr:`AudioReader.depth`), None for the format's default (16-bit). Stems of a 24-bit source
+    written in 16 bits no longer added up to it (3% off on a quiet one); a float source keeps its
+    samples past full scale in a float WAV, and a FLAC holds 24 bits (clipped at full scale)."""
+    ext = extension(dest)
+    if ext not in (".wav", ".rf64", ".flac") or depth == "16":
+        return None
+    return "FLOAT" if depth == "float" and ext != ".flac" else "PCM_24"
+
+
+def sample_bytes(subtype: str | None) -> int:
+    """Bytes per sample of a PCM/float subtype (None: the 16-bit default)."""
+    return _SAMPLE_BYTES.get(subtype or "PCM_16", 2)
+
+
 def _check_complete(name: str, f: "sf.SoundFile") -> None:
     """A RIFF/WAV file whose header promises more audio than the file holds is truncated:
     libsndfile would silently decode the part that is there."""
@@ -198,6 +229,7 @@ class AudioReader:
                     raise AudioDecodeError(self.name, "a chained Ogg file (streams one after another): only the "
                                                       "first would be decoded; re-encode it as one stream")
                 self.sample_rate, self.channels = self._sf.samplerate, self._sf.channels
+                self.depth = _SF_DEPTH.get(self._sf.subtype, "16")
                 self.num_frames = self._sf.frames if self._sf.frames > 0 else None
                 self.exact_length = self.num_frames is not None  # libsndfile reads no further
                 return
@@ -226,6 +258,7 @@ class AudioReader:
             raise AudioDecodeError(self.name, f"corrupt or unsupported: {e}") from e
         self.sample_rate = int(self._first.sample_rate if self._first is not None else cc.sample_rate)
         self.channels = int(cc.channels)
+        self.depth = _av_depth(cc)
         if not self.sample_rate:
             raise AudioDecodeError(self.name, "corrupt or unsupported: audio stream has no sample rate")
         self.num_frames, self.exact_length = None, False

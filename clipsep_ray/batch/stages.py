@@ -182,7 +182,8 @@ class SeparateFile(_ModelActor):
 
 
 def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: str, block_seconds: float) -> dict:
-    from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler, close_writers
+    from clipsep_ray.audio.io import (AudioReader, StreamingAudioWriter, StreamingResampler, close_writers,
+                                      output_subtype)
     from clipsep_ray.separate import StemAssembler, output_files
 
     files = output_files(storage.join_uri(output_uri, row["out_dir"]), names, fmt)
@@ -195,7 +196,7 @@ def encode(row: dict, *, names: list[str], model_sr: int, output_uri: str, fmt: 
         writers: dict = {}
         try:
             for n, uri in files.items():  # inside the try: a writer that fails to open drops the others' temps
-                writers[n] = StreamingAudioWriter(uri, sr)
+                writers[n] = StreamingAudioWriter(uri, sr, subtype=output_subtype(source.depth, uri))
             out = StemAssembler(names, writers)
             for block in source.blocks(int(block_seconds * sr)):
                 out.add_input(block)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import asdict, dataclass, fields
 
@@ -163,12 +164,43 @@ def _with_extension(path: str, client_name: bytes | None) -> str:
     return path + ext
 
 
+_AREA_PREFIX = "clipsep-serve-"
+
+
+def _sweep_dead_areas(root: str | None) -> int:
+    """Removes the areas of this host's replicas that died (killed, or their node restarted): each
+    area's name holds its process id, and a killed replica's uploads stayed on disk for good, outside
+    every area's count. Returns how many were removed."""
+    base, host, removed = root or tempfile.gettempdir(), socket.gethostname(), 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        owner = name[len(_AREA_PREFIX):].rsplit("-", 2) if name.startswith(_AREA_PREFIX) else []
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class TempArea:
     """A folder that holds the uploads being read, at most ``max_bytes`` over all requests;
     each request gets its own subfolder, whose bytes count until :meth:`remove` deletes it."""
 
     def __init__(self, root: str | None, max_bytes: int):
-        self.root = tempfile.mkdtemp(prefix="clipsep-serve-", dir=root)
+        _sweep_dead_areas(root)
+        self.root = tempfile.mkdtemp(prefix=f"{_AREA_PREFIX}{socket.gethostname()}-{os.getpid()}-", dir=root)
         self.max_bytes = max_bytes
         self._held: dict[str, int] = {}
 

@@ -262,7 +262,7 @@ class ClipSepModel:
         folder = self.area.request_dir()
         try:
             projected = await self._in_thread(self._projected, queries)
-            reserved, seconds = await self._in_thread(self._output_bytes, source, len(projected[0]) + 1)
+            reserved, seconds = await self._in_thread(self._output_bytes, source, len(projected[0]) + 1, fmt)
             self.area.reserve(folder, reserved)
             hook = self._batched_hook(asyncio.get_running_loop())
             # The projections made under the lock: separate_file must not run the encoder again unlocked.
@@ -292,21 +292,23 @@ class ClipSepModel:
             self.area.remove(folder)
         return {"outputs": files}
 
-    def _output_bytes(self, source: str, outputs: int) -> tuple[int, float]:
-        """(bytes of ``outputs`` 16-bit mono files as long as ``source``, the seconds decoding may
+    def _output_bytes(self, source: str, outputs: int, fmt: str) -> tuple[int, float]:
+        """(bytes of ``outputs`` mono ``fmt`` files as long as ``source``, in its precision (16-bit,
+        24-bit or float: :func:`~clipsep_ray.audio.io.output_subtype`), the seconds decoding may
         reach): its header's length where decoding stops there (libsndfile); a container's declared
         length plus 5% and 1 s, as an MP4 may declare 1 s and hold 10 minutes, which the writers
         would put in an area reserved for 1 s; ``max_seconds`` when it declares none."""
-        from clipsep_ray.audio.io import AudioReader, TooLongError
+        from clipsep_ray.audio.io import AudioReader, TooLongError, output_subtype, sample_bytes
 
         with AudioReader(source) as reader:
+            width = sample_bytes(output_subtype(reader.depth, f"x.{fmt}"))
             sr, n = reader.sample_rate, reader.num_frames
             cap = int(self.limits.max_seconds * sr)
             if n is not None and n > cap:
                 raise TooLongError(source, self.limits.max_seconds)
             frames = cap if n is None else n if reader.exact_length else min(cap, int(1.05 * n) + sr)
             declared = n is not None and not reader.exact_length and frames < cap  # only then can decoding pass it
-            return outputs * (2 * frames + 4096), (frames / sr if declared else self.limits.max_seconds)
+            return outputs * (width * frames + 4096), (frames / sr if declared else self.limits.max_seconds)
 
     # -- health and info -------------------------------------------------------------------
     def check_health(self) -> None:

@@ -159,7 +159,30 @@ def test_separate_file_streams_and_matches_in_memory(tiny_cfg, tiny_model, tmp_p
     for name, path in files.items():
         got, got_sr = load_audio(path)
         assert got_sr == sr and got.shape == wave.shape
-        np.testing.assert_allclose(got, mem[name], atol=2e-4)  # 16-bit PCM output
+        np.testing.assert_allclose(got, mem[name], atol=2e-4)
+
+
+@pytest.mark.parametrize("subtype,peak,fmt,written,atol", [
+    ("PCM_16", 0.5, None, "PCM_16", 2e-4), ("PCM_24", 1e-3, None, "PCM_24", 1e-6),
+    ("FLOAT", 1.5, "wav", "FLOAT", 1e-6), ("FLOAT", 0.5, "flac", "PCM_24", 1e-6)])
+def test_outputs_keep_the_sources_precision(tiny_cfg, tiny_model, tmp_path, subtype, peak, fmt, written, atol):
+    """Outputs were always 16-bit: a quiet 24-bit source's stems no longer added up to it (3% off),
+    nor a float one's past full scale (its residual clipped)."""
+    import soundfile as sf
+
+    sep = Separator(tiny_model, tiny_cfg)
+    sr = 16000
+    wave = np.random.default_rng(6).standard_normal(sr * 2).astype(np.float32)
+    wave *= peak / np.abs(wave).max()
+    src = tmp_path / f"in.{'wav' if fmt or subtype != 'PCM_24' else 'flac'}"
+    sf.write(str(src), wave, sr, subtype=subtype)
+    source, _ = load_audio(str(src))
+    files = sep.separate_file(str(src), str(tmp_path / "out"), ["dog barking"], format=fmt)
+    total = np.zeros_like(source)
+    for path in files.values():
+        assert sf.info(path).subtype == written
+        total += load_audio(path)[0]
+    np.testing.assert_allclose(total, source, atol=atol)  # the stems and the residual add up to the input
 
 
 def test_separate_file_leaves_nothing_on_failure(tiny_cfg, tiny_model, tmp_path):

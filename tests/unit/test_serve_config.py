@@ -176,3 +176,25 @@ def test_an_analysis_is_kept_for_re_queries_only_while_it_fits_the_cache():
         assert (got is not None) == kept
         if kept:
             assert got.nbytes == whole.nbytes
+
+
+def test_a_dead_replicas_temporary_area_is_removed_by_the_next_one(tmp_path):
+    """A killed replica's uploads stayed on disk for good, outside every area's count."""
+    import socket
+    import subprocess
+    import sys
+
+    from clipsep_ray.serve.limits import TempArea
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    gone = tmp_path / f"clipsep-serve-{host}-{dead.stdout.strip()}-abc123"
+    live = tmp_path / f"clipsep-serve-{host}-{os.getpid()}-def456"
+    elsewhere = tmp_path / f"clipsep-serve-another-host-{dead.stdout.strip()}-ghi789"
+    for folder in (gone, live, elsewhere):
+        (folder / "req").mkdir(parents=True)
+        (folder / "req" / "upload").write_bytes(b"x" * 1000)
+    area = TempArea(str(tmp_path), 10**6)
+    assert not gone.exists() and live.exists() and elsewhere.exists()  # only this host's dead ones
+    assert os.path.basename(area.root).startswith(f"clipsep-serve-{host}-{os.getpid()}-")
+    area.close()
