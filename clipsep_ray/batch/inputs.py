@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -91,11 +92,34 @@ def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tupl
         return [(storage.to_uri(fs, root), root.rsplit("/", 1)[-1], fs.size(root))]
     skip = storage.url_to_fs(exclude, endpoint)[1].rstrip("/") + "/" if exclude else None
     out = []
-    found = fs.find(root, detail=True)
+    if storage.is_local(fs):
+        found = _local_tree(root)
+    else:
+        found = {path: info.get("size") for path, info in fs.find(root, detail=True).items()}
     for path in sorted(found):
         if skip and (path + "/").startswith(skip):
             continue
-        out.append((storage.to_uri(fs, path), path[len(root.rstrip("/")) + 1:], found[path].get("size")))
+        out.append((storage.to_uri(fs, path), path[len(root.rstrip("/")) + 1:], found[path]))
+    return out
+
+
+def _local_tree(root: str) -> dict[str, int | None]:
+    """{path: size} of every file under a local folder, through symbolic links to folders (fsspec's
+    find listed such a link as one file without an extension, and its recordings were left out as
+    "ignored"), each real folder once (a link loop ends); a dangling link is listed, to fail its row."""
+    out, seen = {}, set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                out[path] = os.path.getsize(path)
+            except OSError:
+                out[path] = None
     return out
 
 

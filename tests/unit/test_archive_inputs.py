@@ -83,3 +83,21 @@ def test_an_unreachable_endpoint_is_a_usage_error_naming_the_input(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries: 13 s of the test's time otherwise
     with pytest.raises(InputError, match=r"input s3://bkt/in cannot be listed: EndpointConnectionError"):
         list_inputs("s3://bkt/in", endpoint="http://127.0.0.1:1")
+
+
+def test_linked_folders_are_walked_once_and_a_dangling_link_is_an_input(tmp_path):
+    """A symbolic link to a folder was listed as one extensionless file: its recordings were left
+    out as "ignored"."""
+    import os
+
+    (tmp_path / "disk2").mkdir()
+    (tmp_path / "disk2" / "b.wav").write_bytes(b"x" * 20)
+    root = tmp_path / "archive"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "a.wav").write_bytes(b"x" * 10)
+    os.symlink(tmp_path / "disk2", root / "linked")
+    os.symlink(root, root / "real" / "loop")  # a link back up: walked once, not for ever
+    os.symlink(tmp_path / "gone.wav", root / "dangling.wav")
+    inputs, ignored = list_inputs(str(root))
+    assert {i.relative_path: i.size for i in inputs} == {"real/a.wav": 10, "linked/b.wav": 20, "dangling.wav": None}
+    assert ignored == {}
