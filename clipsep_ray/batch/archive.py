@@ -116,9 +116,18 @@ def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, endpoint) ->
     return all(path(u).startswith(root) and storage.exists(u, endpoint) for u in row["outputs"])
 
 
+#: Inputs with float copies in ``_tmp/`` per model actor in the staged pipeline (plus 2): one being
+#: separated and one waiting for each actor, and the decode and encode under way.
+TEMP_INPUTS_PER_ACTOR = 2
+
+
 def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: list[str], projections, model_sr: int,
               output_uri: str, fmt: str, actors: int, gpus_per_actor: float, cpus_per_actor: float,
-              task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str, env: dict):
+              task_cpus: float, block_seconds: float, object_store_mb: float | None, mode: str, env: dict,
+              temp_inputs: int | None, run_stats: dict):
+    """The Ray Data pipeline's rows, each as its input completes. Staged: at most ``temp_inputs``
+    inputs (default :data:`TEMP_INPUTS_PER_ACTOR` per actor, and 2) have float copies in ``_tmp/``
+    at once; ``run_stats["temp_inputs"]`` gets their peak when the rows are all read."""
     import ray
     from ray.data import DataContext
 
@@ -140,15 +149,19 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: 
     model = {"checkpoint": checkpoint, "sha256": sha256, "names": names, "projections": projections,
              "output_uri": output_uri, "device": device, "block_seconds": block_seconds}
     if mode == "fused":
-        return _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
-    decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds)
+        yield from _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
+        return
+    slots = ray.remote(num_cpus=0)(stages.TempSlots).remote(temp_inputs or TEMP_INPUTS_PER_ACTOR * actors + 2)
+    decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds,
+                     slots=slots)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
                      block_seconds=block_seconds)
     ds = ds.map_batches(stages.per_row(decode, "decode"), batch_size=1, num_cpus=task_cpus, **tasks)
     ds = ds.map_batches(stages.Separate, **pool, fn_constructor_kwargs=model)
-    ds = ds.map_batches(stages.dropping_temporaries(stages.per_row(encode, "encode"), output_uri), batch_size=1,
-                        num_cpus=task_cpus, **tasks)
-    return _rows(ds)
+    ds = ds.map_batches(stages.dropping_temporaries(stages.per_row(encode, "encode"), output_uri, slots),
+                        batch_size=1, num_cpus=task_cpus, **tasks)
+    yield from _rows(ds)
+    run_stats["temp_inputs"] = ray.get(slots.stats.remote())
 
 
 def runtime_envs(cpus_per_actor: float, env: dict) -> tuple[dict, dict]:
@@ -178,7 +191,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                      actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0,
                      task_cpus: float = 0.5, address: str | None = None, endpoint: str | None = None,
                      overwrite: bool = False, block_seconds: float = 30.0, object_store_mb: float | None = None,
-                     pipeline: str = "auto", log: Callable[[str], None] = print) -> dict:
+                     pipeline: str = "auto", temp_inputs: int | None = None, log: Callable[[str], None] = print
+                     ) -> dict:
     """Separate every audio/video file under ``input_uri`` into ``output_uri``; returns the summary
     (inputs, done, failed, already_done, separated, ignored, audio_hours, wall_s, failures, pipeline,
     peak_rss_mb per stage).
@@ -186,7 +200,8 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
     ``pipeline``: "staged" (decode and encode in CPU tasks, the model in the actors), "fused" (each
     actor decodes, separates and encodes its inputs in one pass) or "auto": staged when the model
     actors have GPUs, fused on CPUs. ``actors`` None: as many as the cluster holds
-    (:func:`actor_count`).
+    (:func:`actor_count`). ``temp_inputs`` (staged): inputs whose float copies may be in ``_tmp/``
+    at once (default 2 per actor, and 2); the summary's ``temp_inputs`` gives the slots and the peak.
     """
     t0 = time.time()
     if pipeline not in PIPELINES:
@@ -227,6 +242,7 @@ def separate_archive(checkpoint: str, queries: Sequence[str], input_uri: str, ou
                             actors=actors, gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor,
                             task_cpus=task_cpus, actor_mb=actor_memory_mb(weight_bytes), block_seconds=block_seconds,
                             object_store_mb=object_store_mb, pipeline=pipeline, address=address, endpoint=endpoint,
+                            temp_inputs=temp_inputs,
                             env={storage.S3_ENDPOINT_ENV: explicit} if explicit else {}, kept=kept, log=log)
     except BaseException as failure:  # failed or interrupted: record the inputs done so far all the same
         try:
@@ -379,10 +395,10 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
     log(f"[archive] {actors} model actor{'s' * (actors > 1)} ({cpus_per_actor:g} CPU"
         + (f", {gpus:g} GPU" if gpus else "") + f", about {actor_mb / 1024:.1f} GB each), {mode} pipeline")
     peak = {s: 0.0 for s in stages.STAGES}
-    separated = 0
+    separated, stats = 0, {}
     results = _pipeline(todo, checkpoint=job["checkpoint"], sha256=job["checkpoint_sha256"], names=job["queries"],
                         output_uri=output_uri, fmt=job["format"], gpus_per_actor=gpus, mode=mode, actors=actors,
-                        cpus_per_actor=cpus_per_actor, task_cpus=task_cpus, **pipeline_kw)
+                        cpus_per_actor=cpus_per_actor, task_cpus=task_cpus, run_stats=stats, **pipeline_kw)
     with _Recorder(output_uri, rows, kept, endpoint, _Progress(todo, log)) as recorder:
         for r in _actors_started(results):
             ok = r["status"] == "ok"
@@ -398,7 +414,7 @@ def _separate(todo: list[ArchiveInput], rows: dict, job: dict, *, actors: int | 
             if not ok:
                 log(f"[archive] failed: {r['input']}: {r['error']}")
     return {"separated": separated, "pipeline": mode, "actors": actors,
-            "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}}
+            "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()}, **stats}
 
 
 class _Recorder:

@@ -80,10 +80,10 @@ def tmp_uri(output_uri: str, key: str, name: str) -> str:
     return storage.join_uri(output_uri, TMP, key, name)
 
 
-def dropping_temporaries(fn: Callable[[dict], dict], output_uri: str) -> Callable[[dict], dict]:
-    """``fn`` (the last stage), then each row's ``_tmp/<key>/`` removed, done or failed: the
-    decoded input and the stems at the model rate would otherwise pile up until the job ends (a
-    float copy of every input of the archive)."""
+def dropping_temporaries(fn: Callable[[dict], dict], output_uri: str, slots=None) -> Callable[[dict], dict]:
+    """``fn`` (the last stage), then each row's ``_tmp/<key>/`` removed, done or failed, and its
+    :class:`TempSlots` slot given back: the decoded input and the stems at the model rate would
+    otherwise pile up until the job ends (a float copy of every input of the archive)."""
     def run(batch: dict) -> dict:
         out = fn(batch)
         for row in rows_of(out):
@@ -93,14 +93,49 @@ def dropping_temporaries(fn: Callable[[dict], dict], output_uri: str) -> Callabl
                     fs.rm(path, recursive=True)
             except OSError as exc:  # not the input's fault: the end of the job removes _tmp/ whole
                 print(f"[archive] could not remove {path} yet: {exc}", flush=True)
+            if slots is not None:
+                slots.release.remote(row["key"])
         return out
 
     return run
 
 
-def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float) -> dict:
+class TempSlots:
+    """How many inputs of the staged pipeline may have their float copies in ``_tmp/`` at once: a
+    decode task takes a slot before writing its copy, and the last stage gives it back once the
+    copies are removed. Decoding ran ahead of a slower model without limit (rows are a few hundred
+    bytes, so Ray Data's object-store backpressure never engaged): 31 inputs separated against 98
+    decoded, and on a large archive the copies fill the disk. A decode task waiting for a slot
+    blocks in ``ray.get``, which hands its CPU back to Ray meanwhile. Slots are keyed by the input,
+    so a retried task takes none twice. Started as a Ray actor (``ray.remote(TempSlots)``)."""
+
+    def __init__(self, slots: int):
+        import asyncio
+
+        self.slots, self.held, self.peak, self.changed = slots, set(), 0, asyncio.Event()
+
+    async def acquire(self, key: str) -> None:
+        while key not in self.held and len(self.held) >= self.slots:
+            self.changed.clear()
+            await self.changed.wait()
+        self.held.add(key)
+        self.peak = max(self.peak, len(self.held))
+
+    async def release(self, key: str) -> None:
+        self.held.discard(key)
+        self.changed.set()
+
+    async def stats(self) -> dict:
+        return {"slots": self.slots, "held": len(self.held), "peak": self.peak}
+
+
+def decode(row: dict, *, model_sr: int, output_uri: str, block_seconds: float, slots=None) -> dict:
     from clipsep_ray.audio.io import AudioReader, StreamingAudioWriter, StreamingResampler
 
+    if slots is not None:
+        import ray
+
+        ray.get(slots.acquire.remote(row["key"]))
     dest = tmp_uri(output_uri, row["key"], "input.wav")
     with AudioReader(row["input"]) as reader:
         down = StreamingResampler(reader.sample_rate, model_sr)

@@ -145,9 +145,13 @@ def test_archive_folder_to_folder_rerun_and_refusals(ray_local, checkpoint, arch
 
     root, good, broken = archive
     out = tmp_path / "out"
+    # staged with 1 slot for the inputs' float copies in _tmp/: one input at a time from decode to encode,
+    # and no deadlock (decoding ran ahead of the model without limit: 98 copies on disk for 31 separated)
     first = separate_archive(checkpoint, QUERIES, str(root), str(out), task_cpus=0.25, cpus_per_actor=0.5,
-                             pipeline=pipeline)
+                             pipeline=pipeline, temp_inputs=1)
     assert first["pipeline"] == pipeline
+    if pipeline == "staged":
+        assert first["temp_inputs"] == {"slots": 1, "held": 0, "peak": 1}
     # No --actors: as many as the 2-CPU cluster holds at 0.5 CPU each (staged keeps 2 x 0.25 for its tasks).
     assert first["actors"] == {"staged": 3, "fused": 4}[pipeline]
     assert first["inputs"] == len(good) + len(broken) and first["ignored"] == 1
