@@ -145,7 +145,7 @@ class TrainConfig:
     use_gpu: bool = False
     precision: str = "auto"  # auto (bf16 autocast where the hardware has it: GPU, or CPU with avx512_bf16/AMX) | fp32 | bf16
     checkpoint_every: int = 5000
-    val_every: int = 5000
+    val_every: int = 0  # validations between checkpoints, every N steps (0: at checkpoints only)
     log_every: int = 50
     shuffle_buffer: int = 256
     seed: int = 0
@@ -291,7 +291,7 @@ INTERVALS = {
     "train.warmup_steps": "[0, inf)", "train.decay_steps": "[0, inf)", "train.max_steps": "[1, inf)",
     "train.grad_clip": "(0, inf)", "train.weight_decay": "[0, inf)", "train.noise_reg_lambda": "[0, inf)",
     "train.noise_reg_gamma": "[0, inf)", "train.num_workers": "[1, inf)", "train.checkpoint_every": "[1, inf)",
-    "train.val_every": "[1, inf)", "train.log_every": "[1, inf)", "train.shuffle_buffer": "[0, inf)",
+    "train.val_every": "[0, inf)", "train.log_every": "[1, inf)", "train.shuffle_buffer": "[0, inf)",
     "train.seed": "[0, inf)", "train.nit_warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
     "data.val_fraction": "[0, 1)", "data.val_clips": "[0, inf)", "data.min_rows_per_pass": "[0, inf)",
     "data.prep_cpus": "(0, inf)", "data.cache_mb": "[0, inf)",

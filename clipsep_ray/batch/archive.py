@@ -130,6 +130,7 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: 
     at once; ``run_stats["temp_inputs"]`` gets their peak when the rows are all read."""
     import ray
     from ray.data import DataContext
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver prints its own progress
@@ -151,7 +152,10 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: 
     if mode == "fused":
         yield from _rows(ds.map_batches(stages.SeparateFile, **pool, fn_constructor_kwargs={**model, "fmt": fmt}))
         return
-    slots = ray.remote(num_cpus=0)(stages.TempSlots).remote(temp_inputs or TEMP_INPUTS_PER_ACTOR * actors + 2)
+    # On the driver's node (which lives as long as the job: never a spot worker's), restarted if it dies.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    slots = ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)(stages.TempSlots).remote(
+        temp_inputs or TEMP_INPUTS_PER_ACTOR * actors + 2)
     decode = partial(stages.decode, model_sr=model_sr, output_uri=output_uri, block_seconds=block_seconds,
                      slots=slots)
     encode = partial(stages.encode, names=names, model_sr=model_sr, output_uri=output_uri, fmt=fmt,
@@ -161,7 +165,10 @@ def _pipeline(todo: list[ArchiveInput], *, checkpoint: str, sha256: str, names: 
     ds = ds.map_batches(stages.dropping_temporaries(stages.per_row(encode, "encode"), output_uri, slots),
                         batch_size=1, num_cpus=task_cpus, **tasks)
     yield from _rows(ds)
-    run_stats["temp_inputs"] = ray.get(slots.stats.remote())
+    try:
+        run_stats["temp_inputs"] = ray.get(slots.stats.remote(), timeout=30)
+    except (ray.exceptions.RayError, TimeoutError):  # a figure for the summary, not worth failing a finished job
+        run_stats["temp_inputs"] = None
 
 
 def runtime_envs(cpus_per_actor: float, env: dict) -> tuple[dict, dict]:

@@ -93,7 +93,7 @@ def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tupl
     skip = storage.url_to_fs(exclude, endpoint)[1].rstrip("/") + "/" if exclude else None
     out = []
     if storage.is_local(fs):
-        found = _local_tree(root)
+        found = _local_tree(root, skip)
     else:
         found = {path: info.get("size") for path, info in fs.find(root, detail=True).items()}
     for path in sorted(found):
@@ -103,17 +103,21 @@ def _from_tree(uri: str, endpoint: str | None, exclude: str | None) -> list[tupl
     return out
 
 
-def _local_tree(root: str) -> dict[str, int | None]:
+def _local_tree(root: str, skip: str | None) -> dict[str, int | None]:
     """{path: size} of every file under a local folder, through symbolic links to folders (fsspec's
     find listed such a link as one file without an extension, and its recordings were left out as
-    "ignored"), each real folder once (a link loop ends); a dangling link is listed, to fail its row."""
+    "ignored"), each real folder once (a link loop ends), in a stable order that reaches a folder
+    by its own name before a link's; never into ``skip`` (OUTPUT_URI, a link to it included: the
+    stems of earlier runs would be separated again). A dangling link is listed, to fail its row."""
     out, seen = {}, set()
+    skip_real = os.path.realpath(skip) + "/" if skip else None
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or skip_real and (real + "/").startswith(skip_real):
             subfolders[:] = []
             continue
         seen.add(real)
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(folder, name)), name))
         for name in names:
             path = os.path.join(folder, name)
             try:

@@ -67,6 +67,8 @@ def uri_prefixes(value) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value or [])
     out = []
     for item in (str(i).strip() for i in items):
+        if not item:  # allow_uris: "" is none
+            continue
         uri = normalize_uri(item)
         if not is_object_store_uri(uri) or "?" in uri or "#" in uri:
             raise ValueError(f"allow_uris: {item!r} is not an object-storage prefix such as s3://bucket/jobs/")
@@ -84,24 +86,31 @@ def check_uri_job(source: str, dest: str, allowed: list[str]) -> None:
     if not allowed:
         raise ApiError(403, "uri_jobs_disabled", "separate-uri is off: this server was started without object-"
                                                  "storage prefixes it may read and write (--allow-uri)")
-    for role, uri in (("input", source), ("output", dest)):
+    for role, given in (("input", source), ("output", dest)):
+        uri = normalize_uri(given) if "://" in given else given  # S3:// is s3://; a plain path stays one
         if not is_object_store_uri(uri):  # never this host's files (file://), other hosts (http://), fsspec chains
-            raise ApiError(422, "bad_uri", f"{role} {uri!r} is not an object-storage URI: input and output must "
+            raise ApiError(422, "bad_uri", f"{role} {given!r} is not an object-storage URI: input and output must "
                                            f"be {', '.join(f'{p}://' for p in OBJECT_STORE_PROTOCOLS)} URIs")
         if "?" in uri or "#" in uri or {".", ".."} & set(uri.split("://", 1)[1].split("/")):
-            raise ApiError(422, "bad_uri", f"{role} {uri!r} has '?', '#', '.' or '..' in it: give the object's "
+            raise ApiError(422, "bad_uri", f"{role} {given!r} has '?', '#', '.' or '..' in it: give the object's "
                                            "plain name")  # an output's '?versionId=' put every stem in one key
-        if not any(_under(normalize_uri(uri), p) for p in allowed):
-            raise ApiError(403, "uri_not_allowed", f"{role} {uri!r} is not under a prefix this server may use "
+        if not any(_under(uri, p) for p in allowed):
+            raise ApiError(403, "uri_not_allowed", f"{role} {given!r} is not under a prefix this server may use "
                                                    "(GET /v1/info lists them)")
 
 
-def _under(uri: str, prefix: str) -> bool:
-    def plain(u: str) -> str:  # s3a:// names the same objects as s3://
-        return "s3://" + u[len("s3a://"):] if u.startswith("s3a://") else u
+#: Schemes that name the same objects.
+_SAME_STORE = {"s3a": "s3", "gcs": "gs", "abfss": "abfs"}
 
-    uri, prefix = plain(uri), plain(prefix)
-    return uri.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+def _under(uri: str, prefix: str) -> bool:
+    """``uri`` is ``prefix``'s folder or inside it; a prefix ends at a '/' (``s3://b/out`` does not
+    hold ``s3://b/outer``)."""
+    def plain(u: str) -> str:
+        scheme, rest = u.split("://", 1)
+        return f"{_SAME_STORE.get(scheme, scheme)}://{rest.rstrip('/')}/"
+
+    return plain(uri).startswith(plain(prefix))
 
 
 def check_query_list(queries) -> list[str]:

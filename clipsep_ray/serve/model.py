@@ -77,27 +77,54 @@ def _reserved_gpus() -> list:
         return []
 
 
-class Keeper:
-    """An analysis's batches as they stream through the synthesis, held while they fit ``max_bytes``
-    (what the re-query cache can hold), else dropped as they pass: an upload too long to be cached
-    was held whole all the same (990 MB for 10 minutes at 48 kHz, per concurrent request)."""
+class KeepBudget:
+    """Bytes that the analyses being kept by a replica's requests in flight may hold together (the
+    re-query cache's size): each request's own bound let 32 concurrent uploads hold 16 GB."""
 
-    def __init__(self, batches, max_bytes: int):
-        self.batches, self.max_bytes, self.held, self.size = batches, max_bytes, [], 0
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used, self.lock = max_bytes, 0, threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.used + n > self.max_bytes:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.used -= n
+
+
+class Keeper:
+    """An analysis's batches as they stream through the synthesis, held while the replica's
+    :class:`KeepBudget` has room for them, else dropped as they pass (then the upload cannot be
+    re-queried): an upload too long to be cached was held whole all the same (990 MB for 10
+    minutes at 48 kHz, per concurrent request)."""
+
+    def __init__(self, batches, budget: KeepBudget):
+        self.batches, self.budget, self.held, self.size = batches, budget, [], 0
 
     def __iter__(self):
         for batch in self.batches:
             if self.held is not None:
-                self.size += batch.nbytes
-                if self.size <= self.max_bytes:
+                if self.budget.take(batch.nbytes):
+                    self.size += batch.nbytes
                     self.held.append(batch)
                 else:
-                    self.held = None
+                    self.drop()
             yield batch
 
+    def drop(self) -> None:
+        self.budget.give(self.size)
+        self.held, self.size = None, 0
+
     def kept(self, analysis: Analysis) -> Analysis | None:
-        """The kept analysis for re-queries, or None when it outgrew ``max_bytes``."""
-        return None if self.held is None else Analysis(analysis.wave, analysis.sample_rate, self.held)
+        """The kept analysis for re-queries (its bytes leave the budget: the cache counts them now), or
+        None when it did not fit. Called once, when the synthesis has ended or failed."""
+        held = self.held
+        self.drop()
+        return None if held is None else Analysis(analysis.wave, analysis.sample_rate, held)
 
 
 class ClipSepModel:
@@ -110,6 +137,7 @@ class ClipSepModel:
         check_servable(self.sep, checkpoint)
         self.checkpoint = checkpoint
         self.cache = ByteLRU(int(self.limits.cache_mb * 2**20))
+        self.keep_budget = KeepBudget(self.cache.max_bytes)  # analyses being kept by requests in flight
         self.area = TempArea(temp_dir, int(self.limits.temp_mb * 2**20))  # separate-uri's local copies of outputs
         self.features_batch.set_max_batch_size(self.limits.max_batch_size)
         self.features_batch.set_batch_wait_timeout_s(self.limits.batch_wait_s)
@@ -206,7 +234,7 @@ class ClipSepModel:
 
         def analysed():  # kept only as far as the cache could hold it
             analysis = self.sep.analyse(wave, sample_rate, hook)
-            return Analysis(analysis.wave, analysis.sample_rate, Keeper(analysis.batches, self.cache.max_bytes))
+            return Analysis(analysis.wave, analysis.sample_rate, Keeper(analysis.batches, self.keep_budget))
 
         try:
             result, timing, analysis = await self._in_thread(self._separate, queries, analysed)
@@ -241,10 +269,12 @@ class ClipSepModel:
         projected = self._projected(queries)
         t1 = time.perf_counter()
         analysis = analysed()
-        stems = pcm16_stems(self.sep.synthesise(analysis, None, projected))
-        if isinstance(analysis.batches, Keeper):
-            analysis = analysis.batches.kept(analysis)
-        return stems, _timing(t0, t1), analysis
+        keeper = analysis.batches if isinstance(analysis.batches, Keeper) else None
+        try:
+            stems = pcm16_stems(self.sep.synthesise(analysis, None, projected))
+        finally:
+            kept = keeper.kept(analysis) if keeper is not None else analysis  # a failure gives its bytes back
+        return stems, _timing(t0, t1), kept
 
     async def separate_uri(self, source: str, dest: str, queries: list[str], fmt: str) -> dict:
         """Stream ``source`` through the model to ``dest``: {"outputs": {name: uri}} or {"error"}.

@@ -60,9 +60,10 @@ def planned_rows(cfg: Config) -> int:
 #: What a resumed run may change: where it reads and writes, how long it runs and on what. The rest
 #: must match its checkpoints: a new model shape failed inside every worker, and a new learning rate
 #: or weight decay was silently replaced by the optimiser state's (and recorded as used).
-RESUMABLE = ("run.", "data.", "inference.", "query.clip_pretrained", "query.text_cache_size", "train.max_steps",
-             "train.decay_steps", "train.checkpoint_every", "train.val_every", "train.log_every",
-             "train.num_workers", "train.use_gpu", "train.precision")
+RESUMABLE = ("run.", "data.", "inference.", "query.clip_pretrained", "query.text_cache_size", "model.channels_last",
+             "train.max_steps", "train.decay_steps", "train.checkpoint_every", "train.val_every", "train.log_every",
+             "train.num_workers", "train.use_gpu", "train.precision", "train.shuffle_buffer",
+             "train.ema_decay")  # a run that had no average starts one from its weights
 
 
 def check_resume(cfg: Config, endpoint: str | None) -> int:
@@ -84,9 +85,10 @@ def check_resume(cfg: Config, endpoint: str | None) -> int:
         return 0
     with storage.endpoint_env(endpoint):
         payload = read_checkpoint(uri)
-    before, now = flatten(payload["config"]), flatten(cfg.to_dict())
-    changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-               if before.get(k) != now.get(k) and not k.startswith(RESUMABLE)]
+    # Through Config: a checkpoint written before a field existed has that field's default.
+    before, now = flatten(Config.from_dict(payload["config"]).to_dict()), flatten(cfg.to_dict())
+    changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in sorted(before) if before[k] != now[k]
+               and not k.startswith(RESUMABLE) and not (k == "model.labels" and not before[k])]
     if changed:
         raise ConfigError(f"run '{cfg.run.name}' at {run_dir} resumes from {name}, trained with other settings: "
                           f"{'; '.join(changed)}. Resume with its values, or start a new run (run.name=...)")

@@ -266,6 +266,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if w.step % tc.log_every == 0 and w.rank == 0:
             log(w, meter)
         keep = w.step % tc.checkpoint_every == 0 or w.step == tc.max_steps
-        if keep or w.step % tc.val_every == 0:
+        if keep or tc.val_every and w.step % tc.val_every == 0:
             report(w, meter, metrics, grad_norm, val, keep)
             meter.reset()  # in place: the batch generator adds its waits to this meter

@@ -86,23 +86,62 @@ def _train(cfg_dict: dict, callback) -> dict:
     return train(Config.from_dict(cfg_dict), callbacks=[callback])
 
 
-def run_trial(config: dict, *, base: dict, runs: str) -> None:
-    """The function trainable: one full Ray Train run with the trial's parameters.
+#: The Ray Train run of the trial this process runs ({"ref": its task's ObjectRef}).
+_RUN: dict = {}
 
-    The run goes into a task outside the trial's placement group: inside it, Ray Data's
-    budget is the group's CPUs (TRIAL_CPUS), and the validation set's read then waited for
-    ever on "backpressured: ResourceBudget". The task dies with the trial (its owner).
-    """
+
+def run_outside_group(cfg_dict: dict, callback) -> dict:
+    """``_train`` in a task outside the trial's placement group (inside it, Ray Data's budget is
+    the group's CPUs, TRIAL_CPUS, and the validation set's read waited for ever on
+    "backpressured: ResourceBudget"), recorded for :class:`StopsItsRun`."""
     import ray
-    from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    task = ray.remote(_train).options(num_cpus=0, max_retries=0,
+                                      scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    _RUN["ref"] = task.remote(cfg_dict, callback)
+    try:
+        return ray.get(_RUN["ref"])
+    finally:
+        _RUN.pop("ref", None)
+
+
+class StopsItsRun:
+    """A mixin of the trial's trainable: when Tune ends a trial that still runs (ASHA stopped it),
+    its Ray Train run is cancelled first, which Ray Train takes as Ctrl-C: it aborts the run and
+    removes the run's placement group. Killed with the trial instead, the run's Train controller
+    died without removing it, and a placement group lives as long as the job that made it: each
+    stopped trial kept its workers' CPUs (or GPUs) reserved until the sweep's driver ended, and
+    later trials could not start their workers (3 such groups in one full-suite run)."""
+
+    def cleanup(self):
+        import ray
+
+        ref = _RUN.pop("ref", None)
+        try:
+            if ref is not None:
+                ray.cancel(ref)
+                ray.wait([ref], timeout=STOP_WAIT_S)
+        finally:
+            super().cleanup()
+
+
+#: How long a stopped trial waits for its Train run to abort.
+STOP_WAIT_S = 30.0
+
+
+def run_trial(config: dict, *, base: dict, runs: str) -> None:
+    """The function trainable: one full Ray Train run with the trial's parameters, in a task
+    (:func:`run_outside_group`) that is cancelled when Tune stops the trial (:class:`StopsItsRun`)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     params = {k: v for k, v in config.items() if k != RUN_KEY}
     cfg = Config.from_dict(base).override(params)
     cfg.run.name, cfg.run.storage_path = config[RUN_KEY], runs
-    task = ray.remote(_train).options(num_cpus=0, max_retries=0,
-                                      scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    ray.get(task.remote(cfg.validate().to_dict(), TuneReportCallback()))
+    run_outside_group(cfg.validate().to_dict(), TuneReportCallback())
+
+
+run_trial.__mixins__ = (StopsItsRun,)  # Tune's wrap_function puts these before FunctionTrainable
 
 
 def run_sweep(sweep: Sweep, *, storage_uri: str = "sweeps", study: str | None = None,

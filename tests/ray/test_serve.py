@@ -375,7 +375,7 @@ def test_separate_uri(server, s3_server, jobs_bucket, s3_bucket, tmp_path):
                                                   "output": f"s3://{jobs_bucket}/out/long", "queries": ["dog"]}),
            413, "audio_too_long")
     assert client.get("/v1/info").json()["temp"]["used_bytes"] == 0  # the outputs' local copies are gone
-    for uri in ("/etc/passwd", "local:///etc/passwd", "FILE:///etc/passwd", "simplecache::s3://b/k", "S3://b/k",
+    for uri in ("/etc/passwd", "local:///etc/passwd", "FILE:///etc/passwd", "simplecache::s3://b/k",
                 "http://169.254.169.254/latest", "memory://x"):  # never this host's files nor other hosts
         _error(client.post("/v1/separate-uri", json={"input": uri, "output": f"s3://{jobs_bucket}/out/y",
                                                       "queries": ["dog"]}), 422, "bad_uri")

@@ -3,6 +3,7 @@ resume by run name, corrupt rows skipped and counted."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -68,7 +69,13 @@ def test_injected_failure_restarts_from_last_checkpoint(ray_local, shards, tmp_p
 
     cfg = _cfg(shards, "failure", **{"train.checkpoint_every": 2})
     cfg.run.storage_path = str(tmp_path / "runs")  # the failure marker lives beside a local run
-    summary = train(cfg, hooks=[FailOnce(3, str(tmp_path / "runs" / ".failure.failed"))])
+    written = str(tmp_path / "runs" / "failure" / "config.yaml")
+
+    def config_written_before_training(step, rank, world):  # a run killed mid-way had none
+        assert os.path.exists(written), written
+
+    summary = train(cfg, hooks=[FailOnce(3, str(tmp_path / "runs" / ".failure.failed")),
+                                config_written_before_training])
     assert (tmp_path / "runs" / ".failure.failed").exists()  # the failure happened
     m = summary["metrics"]
     assert m["step"] == 6

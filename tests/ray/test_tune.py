@@ -189,3 +189,53 @@ def test_same_sweep_with_the_study_on_postgresql(ray_local, shards, tmp_path, po
     assert [t.state.name for t in trials] == ["COMPLETE"] * 2
     assert not (tmp_path / "sweeps" / "pg" / "study.db").exists()  # the study is on the server
     assert (tmp_path / "sweeps" / "pg" / "report" / "best.yaml").exists() and out["best"]["trial"] in (0, 1)
+
+
+def test_a_stopped_trials_train_run_frees_its_workers(ray_local, shards, tmp_path):
+    """Killed with a trial that ASHA stopped, a Train run's controller left the run's placement group
+    (0.5 CPU here, GPUs on a cluster) reserved until the sweep's driver ended, and later trials could
+    not start their workers. The trial's cleanup (StopsItsRun) now cancels the run first: Ray Train
+    aborts it and frees the group. Here a stand-in for Tune's trial actor runs a long run in a thread
+    (as Tune runs the trial's function), then is cleaned up and killed as Tune does."""
+    import threading
+
+    import ray
+    import ray.train
+
+    from clipsep_ray.tune import driver
+    from clipsep_ray.tune.sweep import load_sweep
+
+    sweep = load_sweep(_sweep_file(tmp_path / "long.yaml", shards, steps=2000, asha=False))
+    cfg = sweep.trial_config({"model.num_masks": 4, "train.lr": 1e-3})
+    cfg.run.name, cfg.run.storage_path = "stopped", str(tmp_path / "runs")
+
+    class Quiet(ray.train.UserCallback):
+        pass
+
+    class FunctionTrainable:  # what Tune's trainable adds after the mixin
+        def cleanup(self):
+            pass
+
+    @ray.remote(num_cpus=0)
+    class Trial(driver.StopsItsRun, FunctionTrainable):
+        def start(self, cfg_dict):
+            threading.Thread(target=driver.run_outside_group, args=(cfg_dict, Quiet()), daemon=True).start()
+
+    def worker_groups(before=frozenset()):
+        return {k for k, v in ray.util.placement_group_table().items()
+                if v["state"] == "CREATED" and v["bundles"][0].get("CPU") == 0.5} - set(before)
+
+    before = worker_groups()
+    trial = Trial.remote()
+    ray.get(trial.start.remote(cfg.to_dict()))
+    deadline = time.time() + 120
+    while not worker_groups(before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert worker_groups(before), "the run's workers never started"
+    t0 = time.time()
+    ray.get(trial.cleanup.remote())  # Tune: stop() -> cleanup(), then the actor goes
+    ray.kill(trial)
+    while worker_groups(before) and time.time() < t0 + 60:
+        time.sleep(0.5)
+    assert not worker_groups(before), "the stopped trial's run still holds its workers' placement group"
+    print(f"[tune] a stopped trial's run freed its workers in {time.time() - t0:.1f} s")

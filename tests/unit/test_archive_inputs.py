@@ -98,6 +98,11 @@ def test_linked_folders_are_walked_once_and_a_dangling_link_is_an_input(tmp_path
     os.symlink(tmp_path / "disk2", root / "linked")
     os.symlink(root, root / "real" / "loop")  # a link back up: walked once, not for ever
     os.symlink(tmp_path / "gone.wav", root / "dangling.wav")
-    inputs, ignored = list_inputs(str(root))
+    os.symlink(root / "real", root / "alias")  # reached by its own name first, whatever the listing order
+    out = tmp_path / "out"
+    (out / "x").mkdir(parents=True)
+    (out / "x" / "dog.flac").write_bytes(b"x")
+    os.symlink(out, root / "results")  # the outputs, linked inside the inputs: never inputs themselves
+    inputs, ignored = list_inputs(str(root), str(out))
     assert {i.relative_path: i.size for i in inputs} == {"real/a.wav": 10, "linked/b.wav": 20, "dangling.wav": None}
     assert ignored == {}

@@ -109,6 +109,10 @@ def test_separate_uri_only_under_the_prefixes_the_server_was_started_with():
     assert code("s3://jobs/in/a.wav", "s3://jobs/out/o8?versionId=a") == "422 bad_uri"
     assert code("s3://jobs/in/../x.wav", "s3://jobs/out/a") == "422 bad_uri"
     assert code("file:///etc/passwd", "s3://jobs/out/a") == "422 bad_uri"
+    assert code("S3://jobs/in/a.wav", "s3://jobs/out") is None  # schemes are case-insensitive; the prefix itself
+    assert code("S3://private/a.wav", "s3://jobs/out/a") == "403 uri_not_allowed"
+    assert code("gcs://b/in/a.wav", "s3://jobs/out/a", uri_prefixes(["gs://b/in", "s3://jobs/out"])) is None
+    assert uri_prefixes("") == [] and uri_prefixes(None) == []
     for bad in ("/tmp/x", "s3://jobs/in?x=1", "http://host/x"):
         with pytest.raises(ValueError, match="allow_uris"):
             uri_prefixes([bad])
@@ -160,22 +164,34 @@ def test_an_analysis_is_kept_for_re_queries_only_while_it_fits_the_cache():
     from clipsep_ray.config import load_config
     from clipsep_ray.models.registry import build_model
     from clipsep_ray.separate import Analysis, Separator
-    from clipsep_ray.serve.model import Keeper
+    from clipsep_ray.serve.model import KeepBudget, Keeper
 
     cfg = load_config("tiny", ["model.num_masks=4", "inference.precision=fp32"])
     sep = Separator(build_model(cfg.model), cfg, device="cpu")
     wave = np.random.default_rng(0).standard_normal(8000 * 6).astype(np.float32) * 0.1
     emb = torch.randn(1, cfg.model.embed_dim)
     whole = sep.analyse(wave, 8000).kept()
-    for max_bytes, kept in ((whole.nbytes, True), (whole.nbytes // 3, False)):
+
+    def keeping(budget):
         lazy = sep.analyse(wave, 8000)
-        analysis = Analysis(lazy.wave, lazy.sample_rate, Keeper(lazy.batches, max_bytes))
+        return Analysis(lazy.wave, lazy.sample_rate, Keeper(lazy.batches, budget))
+
+    for max_bytes, kept in ((whole.nbytes, True), (whole.nbytes // 3, False)):
+        budget = KeepBudget(max_bytes)
+        analysis = keeping(budget)
         stems = sep.synthesise(analysis, emb)
         np.testing.assert_allclose(stems["residual"], sep.synthesise(whole, emb)["residual"], atol=1e-6)
         got = analysis.batches.kept(analysis)
-        assert (got is not None) == kept
+        assert (got is not None) == kept and budget.used == 0  # kept: the cache counts its bytes now
         if kept:
             assert got.nbytes == whole.nbytes
+    # The budget is the replica's, over its requests in flight: two that would each fit do not both.
+    budget = KeepBudget(whole.nbytes)
+    first, second = keeping(budget), keeping(budget)
+    for a, b in zip(first.batches, second.batches):  # two requests' syntheses side by side
+        pass
+    assert [first.batches.kept(first) is not None, second.batches.kept(second) is not None] == [True, False]
+    assert budget.used == 0
 
 
 def test_a_dead_replicas_temporary_area_is_removed_by_the_next_one(tmp_path):

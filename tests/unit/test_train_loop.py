@@ -294,8 +294,16 @@ def test_a_resumed_run_must_keep_what_its_checkpoints_learned_with(tmp_path):
     assert check_resume(cfg, None) == 0
     save_checkpoint(str(tmp_path / "r" / "step_00000002" / "model.pt"), build_model(cfg.model), cfg, {"step": 2})
     allowed = load_config("tiny", base + ["train.max_steps=20", "train.num_workers=2", "data.val_clips=8",
-                                          "inference.overlap=0.5"])
+                                          "inference.overlap=0.5", "train.ema_decay=0.99", "model.labels=[a, b]"])
     assert check_resume(allowed, None) == 2
+    # a checkpoint written before a field existed (here model.labels) resumes: the field has its default
+    import torch
+
+    path = tmp_path / "r" / "step_00000002" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["model"]["labels"]
+    torch.save(payload, path)
+    assert check_resume(cfg, None) == 2
     for override, named in (("model.num_masks=8", "model.num_masks: 16 -> 8"), ("train.lr=0.002", "train.lr"),
                             ("train.weight_decay=0.1", "train.weight_decay"), ("mixing.gain_max=2.0", "mixing")):
         with pytest.raises(ConfigError, match=f"run 'r' .* resumes from step_00000002.*{named}"):
