@@ -97,6 +97,10 @@ def batch_loss(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     return loss, metrics
 
 
+class DivergedError(RuntimeError):
+    """A training step whose loss or gradients are not finite."""
+
+
 def train_step(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Tensor], cfg: Config, step: int,
                generator: torch.Generator, opt, sched, autocast_to: torch.dtype | None = None
                ) -> tuple[dict[str, float], Tensor]:
@@ -107,6 +111,12 @@ def train_step(model: nn.Module, frontend: SpectralFrontEnd, batch: dict[str, Te
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    # The norm is of the gradients all ranks share (DDP averaged them), so every rank stops here
+    # together. Applied, a non-finite step made every weight NaN, and the run went on to its end.
+    if not torch.isfinite(grad_norm):
+        raise DivergedError(f"training diverged at step {step + 1}: loss {metrics['loss']}, gradient norm "
+                            f"{float(grad_norm)}; the step was not applied. Resume from the last checkpoint with "
+                            "a lower train.lr, or check the data")
     opt.step()
     sched.step()
     return metrics, grad_norm

@@ -315,3 +315,22 @@ def test_a_nan_score_never_makes_the_best_checkpoint():
 
     scored = [("a", {"val_sdr": float("nan")}), ("b", {"val_sdr": 4.1}), ("c", {"val_sdr": 6.3}), ("d", {})]
     assert max(scored, key=lambda cm: _score(cm[1]))[0] == "c"
+
+
+def test_a_non_finite_step_stops_training_and_is_not_applied():
+    """A NaN loss made every weight NaN, and the run went on to its end with a useless model."""
+    from clipsep_ray.train.loop import DivergedError, train_step
+
+    cfg = load_config("tiny", SMALL)
+    model = build_model(cfg.model)
+    fe = SpectralFrontEnd.from_config(cfg.audio)
+    opt, sched = make_optimizer(model, cfg.train)
+    batch = _batch(cfg)
+    train_step(model, fe, batch, cfg, 0, torch.Generator().manual_seed(0), opt, sched)  # a finite step
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    batch["audio"][0, 100] = float("nan")  # e.g. a corrupt clip that decoded to NaN
+    with pytest.raises(DivergedError, match="diverged at step 2: loss nan"):
+        train_step(model, fe, batch, cfg, 1, torch.Generator().manual_seed(0), opt, sched)
+    # the weights are untouched (the run restarts from its last checkpoint, whose batch-norm statistics
+    # the failed forward pass cannot have reached)
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
