@@ -52,10 +52,12 @@ def _check_job(output_uri: str, job: dict, overwrite: bool, endpoint) -> dict | 
 
 
 def _remove_leftovers(output_uri: str, endpoint) -> int:
-    """Temporary files of a run that was killed: ``_tmp/`` and the writers' hidden temp files."""
+    """Temporary files of a run that was killed: ``_tmp/``, the writers' hidden temp files and S3
+    multipart uploads it left unfinished."""
     fs, root = storage.url_to_fs(output_uri, endpoint)
+    aborted = _abort_uploads(fs, root)
     if not fs.exists(root):
-        return 0
+        return aborted
     gone = [p for p in fs.find(root) if p[len(root):].lstrip("/").startswith(f"{TMP}/")
             or storage.TEMP_NAME.match(p.rsplit("/", 1)[-1])]
     for p in gone:
@@ -67,7 +69,28 @@ def _remove_leftovers(output_uri: str, endpoint) -> int:
             while folder.startswith(root.rstrip("/") + "/") and os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
                 folder = os.path.dirname(folder)
-    return len(gone)
+    return len(gone) + aborted
+
+
+def _abort_uploads(fs, root: str) -> int:
+    """Abort the unfinished multipart uploads under ``root`` on S3: an output of 100 MiB or more goes
+    up in parts, and a writer killed meanwhile leaves its parts stored (and billed) but invisible to a
+    listing. A store that does not let this job list them (ListBucketMultipartUploads) keeps them."""
+    if not hasattr(fs, "call_s3"):
+        return 0
+    bucket, _, key = root.partition("/")
+    query, aborted = {"Bucket": bucket, "Prefix": key.rstrip("/") + "/" if key else ""}, 0
+    try:
+        while True:
+            page = fs.call_s3("list_multipart_uploads", **query)
+            for upload in page.get("Uploads", []):
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            query.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+    except PermissionError:
+        return aborted
 
 
 def read_manifest(output_uri: str, endpoint=None) -> list[dict]:

@@ -320,6 +320,9 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypat
         fs.put_file(str(root / rel), f"{bucket}/in/{rel}")
     fs.put_file(checkpoint, f"{bucket}/model.pt")
     out = f"s3://{bucket}/out"
+    s3 = s3_server.client()  # a killed run's output in parts, unfinished (invisible to a listing); another's
+    for key in ("out/a/dog.flac", "outer/keep.flac"):
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     result = separate_archive(f"s3://{bucket}/model.pt", QUERIES, f"s3://{bucket}/in", out, task_cpus=0.25,
                               cpus_per_actor=0.5, endpoint=s3_server.endpoint, pipeline=pipeline)
@@ -333,6 +336,7 @@ def test_s3_to_s3(ray_local, s3_server, checkpoint, archive, pipeline, monkeypat
     assert not fs.exists(f"{bucket}/out/10")  # every output of the name once went to this one key
     assert not [p for p in fs.find(f"{bucket}/out") if "/_tmp/" in p or p.rsplit("/", 1)[-1].startswith(".")]
     assert fs.exists(f"{bucket}/out/_manifest.csv")
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == ["outer/keep.flac"]
 
 
 def test_a_row_reaches_the_driver_when_its_file_is_done_not_when_the_next_one_is(ray_local, tmp_path):
