@@ -102,6 +102,8 @@ def run_outside_group(cfg_dict: dict, callback) -> dict:
     _RUN["ref"] = task.remote(cfg_dict, callback)
     try:
         return ray.get(_RUN["ref"])
+    except ray.exceptions.TaskCancelledError:
+        return None  # Tune stopped the trial (StopsItsRun): an end, not a failure
     finally:
         _RUN.pop("ref", None)
 

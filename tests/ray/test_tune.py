@@ -219,7 +219,17 @@ def test_a_stopped_trials_train_run_frees_its_workers(ray_local, shards, tmp_pat
     @ray.remote(num_cpus=0)
     class Trial(driver.StopsItsRun, FunctionTrainable):
         def start(self, cfg_dict):
-            threading.Thread(target=driver.run_outside_group, args=(cfg_dict, Quiet()), daemon=True).start()
+            def run():
+                try:
+                    self.ended = ("returned", driver.run_outside_group(cfg_dict, Quiet()))
+                except BaseException as exc:  # Tune would record the trial as failed
+                    self.ended = ("raised", repr(exc))
+
+            self.ended = None
+            threading.Thread(target=run, daemon=True).start()
+
+        def outcome(self):
+            return self.ended
 
     def worker_groups(before=frozenset()):
         return {k for k, v in ray.util.placement_group_table().items()
@@ -234,6 +244,11 @@ def test_a_stopped_trials_train_run_frees_its_workers(ray_local, shards, tmp_pat
     assert worker_groups(before), "the run's workers never started"
     t0 = time.time()
     ray.get(trial.cleanup.remote())  # Tune: stop() -> cleanup(), then the actor goes
+    for _ in range(100):  # the trial's function ends as a stopped trial's does, without an error
+        if ray.get(trial.outcome.remote()) is not None:
+            break
+        time.sleep(0.1)
+    assert ray.get(trial.outcome.remote()) == ("returned", None)
     ray.kill(trial)
     while worker_groups(before) and time.time() < t0 + 60:
         time.sleep(0.5)
