@@ -132,8 +132,9 @@ def _is_done(row: dict | None, item: ArchiveInput, output_uri: str, endpoint) ->
     def path(uri: str) -> str:
         return storage.url_to_fs(uri, endpoint)[1]
 
-    same = path(storage.without_query(row["input"])) == path(storage.without_query(item.uri)) if row else False
-    if not row or row["status"] != "done" or not row["outputs"] or not same:  # re-signed URLs: the same input
+    if not row or row["status"] != "done" or not row["outputs"]:
+        return False
+    if path(storage.without_query(row["input"])) != path(storage.without_query(item.uri)):  # re-signed: the same
         return False
     root = path(output_uri).rstrip("/") + "/"
     return all(path(u).startswith(root) and storage.exists(u, endpoint) for u in row["outputs"])
